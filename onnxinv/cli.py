@@ -1,0 +1,241 @@
+"""Command line: ``onnxinv run``, ``onnxinv inspect``.
+
+Exit status: 0 every sample verified; 3 some did not (all are written, flagged); 1 bad input or
+unreachable target (one line on stderr, nothing written); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+import click
+
+EXIT_OK, EXIT_ERROR, EXIT_UNVERIFIED, EXIT_INTERRUPTED = 0, 1, 3, 130
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> None:
+    click.echo(f"onnxinv: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _guard(fn):
+    """Turn every error into one line on stderr and an exit status; never a traceback."""
+
+    def wrapper(*args, **kwargs):
+        try:
+            from .errors import OnnxInvError, RuntimeMissingError
+        except ImportError as exc:  # pragma: no cover
+            _fail(str(exc))
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            _fail("interrupted; nothing was written", EXIT_INTERRUPTED)
+        except (OnnxInvError, RuntimeMissingError) as exc:
+            _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        except MemoryError:
+            _fail("out of memory: lower --chunk-size or --samples")
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if os.environ.get("ONNXINV_DEBUG"):
+                raise
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            _fail(
+                f"internal error ({type(exc).__name__}: {text}); set ONNXINV_DEBUG=1 for a "
+                "traceback and please report it"
+            )
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="onnxinv")
+def main() -> None:
+    """Invert ONNX models: find many inputs that produce a target output, verified in onnxruntime."""
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--target",
+    "-t",
+    "target_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Target JSON file (distribution, class+confidence, or values).",
+)
+@click.option(
+    "--samples", "-n", default=16, show_default=True, type=int, help="How many inputs to find."
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    help="Output folder [default: runs/<model name>].",
+)
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
+@click.option(
+    "--method",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "forward"]),
+    help="Inversion method.",
+)
+@click.option("--bounds", help="Box for every input value, LO,HI (e.g. 0,1 for images).")
+@click.option("--input", "input_name", help="Input to invert, when there are several.")
+@click.option("--output", "output_name", help="Output to match, when there are several.")
+@click.option(
+    "--max-iter",
+    default=30,
+    show_default=True,
+    type=int,
+    help="Levenberg–Marquardt iterations per attempt.",
+)
+@click.option(
+    "--restarts",
+    default=3,
+    show_default=True,
+    type=int,
+    help="Fresh random starts for a sample that stalls.",
+)
+@click.option(
+    "--init-std",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="Std of random starts when unbounded.",
+)
+@click.option(
+    "--chunk-size",
+    default=256,
+    show_default=True,
+    type=int,
+    help="Samples solved together (bounds memory).",
+)
+@click.option("--timeout", type=float, help="Seconds for the whole run; returns what is done.")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@_guard
+def run(
+    model,
+    target_path,
+    samples,
+    seed,
+    out,
+    overwrite,
+    method,
+    bounds,
+    input_name,
+    output_name,
+    max_iter,
+    restarts,
+    init_std,
+    chunk_size,
+    timeout,
+    device,
+    quiet,
+) -> None:
+    """Find inputs of MODEL that produce the target and write them to a folder."""
+    from .api import invert
+    from .output import check_destination
+    from .target import Target
+
+    target = Target.from_file(target_path)
+    dest = out if out is not None else Path("runs") / Path(model).stem
+    check_destination(dest, overwrite)
+    bar = None
+    if not quiet and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=samples, desc="inverting", unit="sample", file=sys.stderr, leave=False)
+    try:
+        result = invert(
+            model,
+            target,
+            samples=samples,
+            seed=seed,
+            bounds=bounds,
+            method=method,
+            input=input_name,
+            output=output_name,
+            max_iter=max_iter,
+            restarts=restarts,
+            device=device,
+            init_std=init_std,
+            chunk_size=chunk_size,
+            timeout=timeout,
+            on_progress=bar.update if bar is not None else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    path = result.save(dest, overwrite=overwrite)
+    if not quiet:
+        for note in result.notes:
+            click.echo(f"note: {note}", err=True)
+        t = result.timings
+        click.echo(
+            f"{result.n_verified}/{len(result)} samples verified "
+            f"(max error {float(result.errors.max()):.2g}, tolerance {target.tolerance:g}) "
+            f"in {t['total']:.2f} s -> {path}"
+        )
+    sys.exit(EXIT_OK if result.all_verified else EXIT_UNVERIFIED)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@_guard
+def inspect(model) -> None:
+    """Show MODEL's inputs, outputs, opsets and operators, and what onnxinv would invert."""
+    from . import model as model_mod
+
+    proto, name = model_mod.read_model(model)
+    inits = {i.name for i in proto.graph.initializer}
+    click.echo(f"model: {name}  (ir {proto.ir_version}, producer {proto.producer_name or '?'})")
+    click.echo(
+        "opsets: " + ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in proto.opset_import)
+    )
+    click.echo("inputs:")
+    for vi in proto.graph.input:
+        if vi.name not in inits:
+            click.echo(f"  {vi.name}: {_type_str(vi)}")
+    click.echo("outputs:")
+    for vi in proto.graph.output:
+        click.echo(f"  {vi.name}: {_type_str(vi)}")
+    ops = Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in proto.graph.node)
+    click.echo("operators: " + ", ".join(f"{k} x{v}" if v > 1 else k for k, v in ops.items()))
+    try:
+        lm = model_mod.load(proto)
+    except Exception as exc:  # report, do not fail: inspect is for diagnosing
+        click.echo(f"default choice: none ({str(exc).splitlines()[0]})")
+        return
+    click.echo(
+        f"default choice: invert {lm.input_name!r} (sample shape {list(lm.input_shape)}) "
+        f"to match {lm.output_name!r} (shape {list(lm.output_shape)})"
+    )
+    if lm.tail:
+        click.echo(
+            f"tail: {lm.tail} over the last axis; distribution targets are solved on "
+            f"logits {lm.logits_name!r}"
+        )
+    click.echo(f"batched runs: {'yes' if lm.batched else 'no (one sample per run)'}")
+
+
+def _type_str(vi) -> str:
+    t = vi.type
+    if t.HasField("tensor_type"):
+        from onnx import TensorProto
+
+        dims = []
+        for d in t.tensor_type.shape.dim:
+            dims.append(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?"))
+        return f"{TensorProto.DataType.Name(t.tensor_type.elem_type).lower()}[{', '.join(dims)}]"
+    return t.WhichOneof("value") or "unknown"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,60 @@
+"""Typed errors raised by onnxinv.
+
+Every error a user can cause derives from :class:`OnnxInvError`; its message is one line that
+names the problem, so the CLI prints it as is and exits non-zero.
+"""
+
+from __future__ import annotations
+
+
+class OnnxInvError(Exception):
+    """Base class of every error onnxinv raises for bad input or an impossible request."""
+
+    exit_code = 1
+
+
+class ModelError(OnnxInvError):
+    """The model cannot be loaded or used: not ONNX, fails the checker, missing data, bad I/O."""
+
+
+class TargetError(OnnxInvError):
+    """The target file or dict is malformed or does not fit the model's output."""
+
+
+class OptionError(OnnxInvError):
+    """An option is out of range or inconsistent (bounds, samples, method, device...)."""
+
+
+class UnsupportedOperatorError(ModelError):
+    """An operator has no converter (for Jacobians) and no inverse rule."""
+
+    def __init__(self, message: str, op_type: str | None = None, node: str | None = None):
+        super().__init__(message)
+        self.op_type = op_type
+        self.node = node
+
+
+class ConversionError(UnsupportedOperatorError):
+    """The ONNX → PyTorch conversion failed or disagrees with onnxruntime."""
+
+
+class UnreachableTargetError(OnnxInvError):
+    """No sample reached the target within tolerance.
+
+    Attributes:
+        result: the best (unverified) :class:`~onnxinv.result.InversionResult`, if any.
+        best_error: the smallest verification error any sample reached.
+    """
+
+    def __init__(self, message: str, result=None, best_error: float | None = None):
+        super().__init__(message)
+        self.result = result
+        self.best_error = best_error
+
+
+class OutputExistsError(OptionError):
+    """The output folder exists and is not empty, and overwriting was not requested."""
+
+
+class RuntimeMissingError(ImportError):
+    """Neither onnxruntime nor onnxruntime-gpu is installed."""

@@ -1,0 +1,157 @@
+"""How a model's output is compared with a target: the solver's residual and the final check.
+
+Solvers never match probabilities directly (softmax saturates). For a class distribution the
+residual lives in centred-logit space: ``C(z) - C(log p)``, with ``C`` removing the mean, because
+softmax is invariant to adding a constant to the logits. Where the graph ends in Softmax or
+LogSoftmax the solver works on the logits tensor below it; where the model outputs
+probabilities without such a node, on ``log y``; where it outputs logits, on ``y``.
+
+The *check* is always made on the original model's output, in the space the user asked about:
+probabilities for a distribution target, the raw output for a ``values`` target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .model import LoadedModel
+from .target import Target
+
+TINY = 1e-30
+
+
+@dataclass(frozen=True)
+class Objective:
+    """Residual and check for one target on one model.
+
+    Attributes:
+        kind: ``"distribution"`` or ``"values"``.
+        output_space: what the chosen output holds: ``"probabilities"``, ``"log-probabilities"``,
+            ``"logits"`` (distribution targets) or ``"values"``.
+        solve_on: ``"logits"`` to solve on the tensor below a Softmax/LogSoftmax tail,
+            ``"output"`` to solve on the chosen output itself.
+        target: the target output, one sample's shape (probabilities for distributions).
+        residual_target: the target in residual space, flat.
+        tolerance: largest absolute difference allowed by the check.
+    """
+
+    kind: str
+    output_space: str
+    solve_on: str
+    target: np.ndarray
+    residual_target: np.ndarray
+    tolerance: float
+
+    @property
+    def transform(self) -> str:
+        """How the solved tensor maps into residual space: identity, centre, or centre∘log."""
+        if self.kind == "values":
+            return "identity"
+        if self.solve_on == "output" and self.output_space == "probabilities":
+            return "centre-log"
+        return "centre"
+
+    @property
+    def size(self) -> int:
+        return int(self.residual_target.size)
+
+    def residual(self, y):
+        """Residual of solved-tensor values ``y`` (N, ...) as (N, m); numpy or torch."""
+        y = y.reshape(y.shape[0], -1)
+        if self.transform == "centre-log":
+            y = _log(y)
+        if self.transform != "identity":
+            y = (
+                y - y.mean(1, keepdims=True)
+                if isinstance(y, np.ndarray)
+                else y - y.mean(1, keepdim=True)
+            )
+        t = self.residual_target
+        if not isinstance(y, np.ndarray):
+            import torch
+
+            t = torch.as_tensor(t, dtype=y.dtype, device=y.device)
+        return y - t
+
+    def error_from_residual(self, r):
+        """Per-sample check-space error implied by residuals ``r`` (N, m); torch.
+
+        Softmax ignores constant shifts, so ``softmax(r + C(log p))`` is the distribution the
+        solved tensor stands for; solvers stop on the same quantity the check measures.
+        """
+        if self.kind == "values":
+            return r.abs().amax(1)
+        import torch
+
+        t = torch.as_tensor(self.residual_target, dtype=r.dtype, device=r.device)
+        p = torch.as_tensor(self.target.ravel(), dtype=r.dtype, device=r.device)
+        return (torch.softmax(r + t, dim=1) - p).abs().amax(1)
+
+    def check(self, y: np.ndarray) -> np.ndarray:
+        """Per-sample largest absolute difference between original-model outputs and target."""
+        y = np.asarray(y, dtype=np.float64).reshape(y.shape[0], -1)
+        if self.kind == "distribution":
+            if self.output_space == "logits":
+                y = _softmax(y)
+            elif self.output_space == "log-probabilities":
+                y = np.exp(y)
+        err = np.abs(y - self.target.reshape(1, -1)).max(1)
+        return np.where(np.isfinite(err), err, np.inf)
+
+    def probabilities(self, y: np.ndarray) -> np.ndarray | None:
+        """Class probabilities of original-model outputs, for labels; None for values."""
+        y = np.asarray(y, dtype=np.float64).reshape(y.shape[0], -1)
+        if self.output_space == "probabilities":
+            return y
+        if self.output_space == "log-probabilities":
+            return np.exp(y)
+        if self.output_space == "logits":
+            return _softmax(y)
+        return None
+
+
+def _log(y):
+    if isinstance(y, np.ndarray):
+        return np.log(np.maximum(y, TINY))
+    return y.clamp_min(TINY).log()
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def output_space(lm: LoadedModel, seed: int = 0) -> str:
+    """What the chosen output holds, from its last node or, failing that, from its values."""
+    if lm.tail == "Softmax":
+        return "probabilities"
+    if lm.tail == "LogSoftmax":
+        return "log-probabilities"
+    rng = np.random.default_rng(seed + 2)
+    y = lm.run(rng.random((8, *lm.input_shape))).reshape(8, -1).astype(np.float64)
+    if y.shape[1] >= 2 and np.all(y >= 0) and np.allclose(y.sum(1), 1.0, atol=1e-4):
+        return "probabilities"
+    if y.shape[1] >= 2 and np.all(y <= 0) and np.allclose(np.exp(y).sum(1), 1.0, atol=1e-4):
+        return "log-probabilities"
+    return "logits"
+
+
+def build(lm: LoadedModel, target: Target, seed: int = 0) -> Objective:
+    """The objective for ``target`` on ``lm``."""
+    t = target.resolve(lm.output_shape)
+    if target.kind == "values":
+        return Objective(
+            "values", "values", "output", t, t.ravel().astype(np.float64), target.tolerance
+        )
+    space = output_space(lm, seed)
+    logp = np.log(t)
+    centred = logp - logp.mean()
+    if lm.tail is not None:
+        return Objective("distribution", space, "logits", t, centred, target.tolerance)
+    if space == "log-probabilities":
+        # A log-probability output is a logit vector up to a constant: centre it directly.
+        return Objective("distribution", space, "output", t, centred, target.tolerance)
+    return Objective("distribution", space, "output", t, centred, target.tolerance)

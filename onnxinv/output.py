@@ -1,0 +1,106 @@
+"""Write a result folder atomically: inputs.npy, outputs.npy, report.json and grid.png."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import OutputExistsError
+
+if TYPE_CHECKING:
+    from .result import InversionResult
+
+
+def check_destination(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Fail early when ``path`` is a non-empty folder (or a file) and overwriting is off."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise OutputExistsError(f"output path {p} exists and is not a folder")
+    if p.is_dir() and any(p.iterdir()) and not overwrite:
+        raise OutputExistsError(f"output folder {p} is not empty; pass --overwrite to replace it")
+    return p
+
+
+def save(result: InversionResult, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``result`` into ``path`` via a temporary sibling folder moved into place at the end.
+
+    An interrupted or failed write leaves ``path`` as it was.
+    """
+    dest = check_destination(path, overwrite).resolve()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        np.save(tmp / "inputs.npy", result.inputs.astype(np.float32))
+        np.save(tmp / "outputs.npy", result.outputs)
+        (tmp / "report.json").write_text(json.dumps(result.report(), indent=2) + "\n")
+        image = grid_image(result)
+        if image is not None:
+            image.save(tmp / "grid.png")
+        if dest.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+            os.replace(dest, trash / dest.name)
+            os.replace(tmp, dest)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def image_shape(shape: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """(channels, height, width) when a sample of ``shape`` looks like an image, else None."""
+    if len(shape) == 3 and shape[0] in (1, 3):
+        return shape[0], shape[1], shape[2]
+    if len(shape) == 2 and min(shape) > 1:
+        return 1, shape[0], shape[1]
+    if len(shape) == 1:
+        side = math.isqrt(shape[0])
+        if side > 1 and side * side == shape[0]:
+            return 1, side, side
+    return None
+
+
+def grid_image(result: InversionResult, tile: int = 64):
+    """A labelled grid of the samples as a PIL image, or None when inputs are not images."""
+    shape = image_shape(result.input_shape)
+    if shape is None or len(result.inputs) == 0:
+        return None
+    from PIL import Image, ImageDraw
+
+    c, h, w = shape
+    x = result.inputs.reshape(len(result.inputs), c, h, w).astype(np.float64)
+    if result.bounds is not None:
+        lo, hi = result.bounds
+        x = (x - lo) / (hi - lo)
+    else:
+        mn = x.reshape(len(x), -1).min(1)[:, None, None, None]
+        mx = x.reshape(len(x), -1).max(1)[:, None, None, None]
+        x = (x - mn) / np.maximum(mx - mn, 1e-12)
+    x = (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
+    n = len(x)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    scale = max(1, tile // max(h, w))
+    tw, th = w * scale, h * scale
+    label_h = 14
+    canvas = Image.new("RGB", (cols * (tw + 4) + 4, rows * (th + label_h + 4) + 4), "white")
+    draw = ImageDraw.Draw(canvas)
+    labels = result.labels()
+    for i in range(n):
+        arr = x[i, 0] if c == 1 else x[i].transpose(1, 2, 0)
+        img = Image.fromarray(arr, "L" if c == 1 else "RGB").resize((tw, th), Image.NEAREST)
+        col, row = i % cols, i // cols
+        px, py = 4 + col * (tw + 4), 4 + row * (th + label_h + 4)
+        canvas.paste(img.convert("RGB"), (px, py))
+        colour = (0, 110, 0) if result.verified[i] else (190, 0, 0)
+        draw.text((px, py + th + 1), labels[i], fill=colour)
+    return canvas

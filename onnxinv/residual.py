@@ -1,0 +1,160 @@
+"""Residuals and their Jacobians for a batch of samples.
+
+Two providers share one small interface (``value``, ``value_and_jacobian`` on (B, n) float64
+tensors): :class:`TorchResidual` runs the model converted to PyTorch and takes Jacobians with
+autograd; :class:`FiniteDifferenceResidual` runs onnxruntime and takes central differences, for
+models that cannot be converted. torch is imported only here and in the solvers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from .objective import Objective
+
+
+class Residual(Protocol):
+    """What the solvers need: residuals (B, m) and Jacobians (B, m, n) of flat inputs (B, n)."""
+
+    m: int
+    n: int
+    jacobian_source: str
+
+    def value(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def value_and_jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class TorchResidual:
+    """Residual of a converted torch module; Jacobians by autograd.
+
+    For m residuals, m backward passes of the batch-summed residual give every sample's Jacobian
+    at once (samples do not interact in eval mode). This avoids ``torch.func.vmap``, which
+    breaks on onnx2torch modules that call ``.item()`` in forward.
+    """
+
+    jacobian_source = "autograd"
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        objective: Objective,
+        model_input_shape: tuple[int, ...],
+        batched: bool,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float64,
+    ):
+        self.module = module.to(device=device, dtype=dtype).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.objective = objective
+        self.shape = tuple(model_input_shape)
+        self.batched = batched
+        self.n = int(np.prod(self.shape[1:] if batched else self.shape))
+        self.m = objective.size
+        self.device = device
+        self.dtype = dtype
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.batched:
+            y = self.module(x.reshape((x.shape[0], *self.shape[1:])))
+            return self.objective.residual(y)
+        rows = [self.module(xi.reshape(self.shape)).reshape(1, -1) for xi in x]
+        return self.objective.residual(torch.cat(rows))
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self._forward(x.to(self.device, self.dtype))
+
+    def value_and_jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.detach().to(self.device, self.dtype).requires_grad_(True)
+        with torch.enable_grad():
+            r = self._forward(x)
+            rows = []
+            for i in range(self.m):
+                (g,) = torch.autograd.grad(r[:, i].sum(), x, retain_graph=i < self.m - 1)
+                rows.append(g)
+        return r.detach(), torch.stack(rows, dim=1)
+
+
+class FiniteDifferenceResidual:
+    """Residual evaluated by onnxruntime; Jacobians by central differences.
+
+    Slow (2n model runs per Jacobian) but needs nothing beyond onnxruntime, so it inverts
+    models that no converter handles.
+    """
+
+    jacobian_source = "finite-differences"
+
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        objective: Objective,
+        input_shape: tuple[int, ...],
+        step: float = 1e-3,
+        rows_per_run: int = 4096,
+    ):
+        self.run = run
+        self.objective = objective
+        self.shape = tuple(input_shape)
+        self.n = int(np.prod(self.shape))
+        self.m = objective.size
+        self.step = step
+        self.rows_per_run = rows_per_run
+
+    def _residual_np(self, x: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(0, len(x), self.rows_per_run):
+            chunk = x[i : i + self.rows_per_run].reshape((-1, *self.shape))
+            y = np.asarray(self.run(chunk), dtype=np.float64)
+            out.append(self.objective.residual(y))
+        return np.concatenate(out)
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        r = self._residual_np(x.detach().cpu().numpy())
+        return torch.as_tensor(r, dtype=x.dtype)
+
+    def value_and_jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xn = x.detach().cpu().numpy()
+        b, n = xn.shape
+        h = self.step * np.maximum(1.0, np.abs(xn))  # (B, n)
+        eye = np.eye(n)
+        plus = xn[:, None, :] + eye[None] * h[:, None, :]
+        minus = xn[:, None, :] - eye[None] * h[:, None, :]
+        stacked = np.concatenate([xn, plus.reshape(-1, n), minus.reshape(-1, n)])
+        r_all = self._residual_np(stacked)
+        r = r_all[:b]
+        rp = r_all[b : b + b * n].reshape(b, n, -1)
+        rm = r_all[b + b * n :].reshape(b, n, -1)
+        jac = ((rp - rm) / (2 * h[:, :, None])).transpose(0, 2, 1)
+        return torch.as_tensor(r, dtype=x.dtype), torch.as_tensor(jac, dtype=x.dtype)
+
+
+def build_residual(lm, objective: Objective, device: str = "cpu") -> tuple[Residual, str | None]:
+    """The best residual provider for ``lm``: autograd on the converted model, else differences.
+
+    Returns:
+        The provider and, when it fell back to finite differences, a note saying why.
+    """
+    from .convert import to_torch
+    from .errors import ConversionError
+
+    onnx_model = lm.logits_model if objective.solve_on == "logits" else lm.pruned
+    which = "logits" if objective.solve_on == "logits" else "pruned"
+    try:
+        module = to_torch(onnx_model)
+    except ConversionError as exc:
+        note = f"{exc}; Jacobians use finite differences through onnxruntime (slower)"
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return lm.run(x, which=which)
+
+        return FiniteDifferenceResidual(run, objective, lm.input_shape), note
+    shape = lm.original_input_shape
+    if lm.batched:
+        shape = (-1, *lm.input_shape)
+    return TorchResidual(module, objective, shape, lm.batched, device=device), None

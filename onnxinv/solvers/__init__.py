@@ -1,0 +1,1 @@
+"""Solvers: they take residuals, rules and bounds, and know nothing of files or the CLI."""

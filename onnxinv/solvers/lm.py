@@ -1,0 +1,193 @@
+"""Batched Levenberg–Marquardt root finding with box constraints (the forward pass).
+
+Every sample in the batch is its own problem ``r(x) = 0`` with its own damping λ, accept/reject
+decision and stopping test; they share only the Jacobian evaluations. Inversions are
+underdetermined (m outputs, n ≥ m inputs), which MINPACK refuses, so the step is the
+minimum-norm damped step ``dx = -Jᵀ (J Jᵀ + μ I)⁻¹ r`` (an m×m solve); when m > n the usual
+``(JᵀJ + μ I) dx = -Jᵀ r`` is used. μ = λ · mean(diag(J Jᵀ)) keeps λ scale-free.
+
+Bounds use a projected step with an active set: coordinates sitting on a bound whose steepest
+descent direction points outward are frozen (their Jacobian columns removed) before the step is
+computed, and the trial point is projected onto the box. A step is accepted only when it lowers
+the residual norm, so the method is monotone; unlike clamping after an unconstrained step, the
+step is computed in the space of the coordinates that can actually move.
+
+Samples that stall (λ blown up, or the iteration cap reached without converging) restart from a
+fresh random point; the best point of all attempts is kept.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..residual import Residual
+
+LAMBDA_MIN = 1e-12
+LAMBDA_MAX = 1e10
+
+
+@dataclass
+class LMSettings:
+    """Settings of :func:`levenberg_marquardt`.
+
+    Attributes:
+        tol: a sample is solved when ``error(r) ≤ tol``.
+        error: per-sample error of residuals (B, m) -> (B,); default max |r|.
+        max_iter: iterations per attempt.
+        restarts: fresh random starts for a sample whose attempt failed.
+        lam0: initial relative damping.
+        deadline: ``time.monotonic()`` value after which the solver returns what it has.
+    """
+
+    tol: float
+    error: Callable[[torch.Tensor], torch.Tensor] | None = None
+    max_iter: int = 30
+    restarts: int = 3
+    lam0: float = 1e-3
+    deadline: float | None = None
+
+
+@dataclass
+class LMOutcome:
+    """Per-sample results: best point, its error, iterations used, whether solved."""
+
+    x: torch.Tensor
+    residual: torch.Tensor
+    iterations: torch.Tensor
+    converged: torch.Tensor
+    timed_out: bool = False
+
+
+def damped_step(
+    jac: torch.Tensor,
+    r: torch.Tensor,
+    lam: torch.Tensor,
+    free: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The LM step for each sample: minimum-norm form when m ≤ n, normal equations otherwise.
+
+    Args:
+        jac: (B, m, n) Jacobians.
+        r: (B, m) residuals.
+        lam: (B,) relative damping.
+        free: optional (B, n) mask of coordinates allowed to move.
+    """
+    if free is not None:
+        jac = jac * free[:, None, :].to(jac.dtype)
+    b, m, n = jac.shape
+    if m <= n:
+        a = jac @ jac.transpose(1, 2)
+        scale = torch.diagonal(a, dim1=1, dim2=2).mean(1).clamp_min(1e-300)
+        a = a + (lam * scale)[:, None, None] * torch.eye(m, dtype=jac.dtype, device=jac.device)
+        y = torch.linalg.solve(a, r.unsqueeze(-1))
+        return -(jac.transpose(1, 2) @ y).squeeze(-1)
+    a = jac.transpose(1, 2) @ jac
+    scale = torch.diagonal(a, dim1=1, dim2=2).mean(1).clamp_min(1e-300)
+    a = a + (lam * scale)[:, None, None] * torch.eye(n, dtype=jac.dtype, device=jac.device)
+    g = jac.transpose(1, 2) @ r.unsqueeze(-1)
+    return -torch.linalg.solve(a, g).squeeze(-1)
+
+
+def levenberg_marquardt(
+    residual: Residual,
+    x0: torch.Tensor,
+    settings: LMSettings,
+    new_start: Callable[[int], torch.Tensor],
+    lo: float | None = None,
+    hi: float | None = None,
+    on_finish: Callable[[int], None] | None = None,
+) -> LMOutcome:
+    """Solve ``residual(x) = 0`` for every row of ``x0`` (B, n).
+
+    Args:
+        residual: the residual provider.
+        x0: starting points, inside the bounds.
+        settings: tolerances and caps.
+        new_start: returns k fresh starting points (k, n) for restarts.
+        lo, hi: box bounds, or None for unbounded.
+        on_finish: called with the number of samples that just finished (for progress bars).
+    """
+    bounded = lo is not None
+    x = x0.clone()
+    b = x.shape[0]
+    r, jac = residual.value_and_jacobian(x)
+    err_fn = settings.error or _rmax
+    rmax = _finite(err_fn(r))
+    cost = _cost(r)
+    lam = torch.full((b,), settings.lam0, dtype=x.dtype)
+    it_attempt = torch.zeros(b, dtype=torch.long)
+    iterations = torch.zeros(b, dtype=torch.long)
+    attempts = torch.zeros(b, dtype=torch.long)
+    best_x, best_r = x.clone(), rmax.clone()
+    finished = torch.zeros(b, dtype=torch.bool)
+    timed_out = False
+
+    while True:
+        solved = rmax <= settings.tol
+        better = rmax < best_r
+        best_x[better], best_r[better] = x[better], rmax[better]
+        failed = ~solved & ((it_attempt >= settings.max_iter) | (lam >= LAMBDA_MAX))
+        retry = failed & (attempts < settings.restarts)
+        gave_up = failed & ~retry
+        newly = (solved | gave_up) & ~finished
+        if newly.any():
+            finished |= newly
+            if on_finish is not None:
+                on_finish(int(newly.sum()))
+        if retry.any():
+            idx = retry.nonzero().squeeze(1)
+            attempts[idx] += 1
+            it_attempt[idx] = 0
+            lam[idx] = settings.lam0
+            x[idx] = new_start(len(idx)).to(x.dtype)
+            r[idx], jac[idx] = residual.value_and_jacobian(x[idx])
+            rmax[idx], cost[idx] = _finite(err_fn(r[idx])), _cost(r[idx])
+            continue
+        active = (~finished).nonzero().squeeze(1)
+        if active.numel() == 0:
+            break
+        if settings.deadline is not None and time.monotonic() > settings.deadline:
+            timed_out = True
+            break
+        xa, ra, ja = x[active], r[active], jac[active]
+        free = None
+        if bounded:
+            g = (ja.transpose(1, 2) @ ra.unsqueeze(-1)).squeeze(-1)
+            free = ~(((xa <= lo) & (g > 0)) | ((xa >= hi) & (g < 0)))
+        dx = damped_step(ja, ra, lam[active], free)
+        x_try = xa + dx
+        if bounded:
+            x_try = x_try.clamp(lo, hi)
+        r_try = residual.value(x_try)
+        cost_try = _cost(r_try)
+        ok = torch.isfinite(cost_try) & (cost_try < cost[active])
+        it_attempt[active] += 1
+        iterations[active] += 1
+        acc, rej = active[ok], active[~ok]
+        lam[rej] = lam[rej] * 4.0
+        if acc.numel():
+            lam[acc] = (lam[acc] / 3.0).clamp_min(LAMBDA_MIN)
+            x[acc] = x_try[ok]
+            r[acc], jac[acc] = residual.value_and_jacobian(x[acc])
+            rmax[acc], cost[acc] = _finite(err_fn(r[acc])), _cost(r[acc])
+
+    better = rmax < best_r
+    best_x[better], best_r[better] = x[better], rmax[better]
+    return LMOutcome(best_x, best_r, iterations, best_r <= settings.tol, timed_out)
+
+
+def _rmax(r: torch.Tensor) -> torch.Tensor:
+    return r.abs().amax(1)
+
+
+def _finite(v: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(v), v, torch.full_like(v, float("inf")))
+
+
+def _cost(r: torch.Tensor) -> torch.Tensor:
+    c = (r * r).sum(1)
+    return torch.where(torch.isfinite(c), c, torch.full_like(c, float("inf")))

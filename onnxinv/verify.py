@@ -1,0 +1,46 @@
+"""The only judge of success: the original ONNX model, run by onnxruntime, on float32 inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .model import LoadedModel
+from .objective import Objective
+
+
+@dataclass
+class Verification:
+    """Per-sample outputs of the original model, their errors and verified flags."""
+
+    inputs: np.ndarray
+    outputs: np.ndarray
+    errors: np.ndarray
+    verified: np.ndarray
+
+
+def verify(
+    lm: LoadedModel,
+    objective: Objective,
+    x: np.ndarray,
+    bounds: tuple[float, float] | None = None,
+) -> Verification:
+    """Run ``x`` (N, *input_shape) through the original model and compare with the target.
+
+    A sample is verified when its output's largest absolute difference from the target is at
+    most the tolerance (in probability space for distribution targets), it is finite, and it lies
+    inside ``bounds``.
+    """
+    xs = np.asarray(x).astype(lm.input_dtype)
+    if bounds is not None:
+        # Rounding to the model's dtype must not step outside the box.
+        xs = np.clip(xs, np.asarray(bounds[0], xs.dtype), np.asarray(bounds[1], xs.dtype))
+    outputs = lm.run(xs, which="original")
+    errors = objective.check(outputs)
+    ok = np.isfinite(errors) & (errors <= objective.tolerance)
+    ok &= np.isfinite(xs.reshape(len(xs), -1)).all(1)
+    if bounds is not None:
+        flat = xs.reshape(len(xs), -1)
+        ok &= (flat >= bounds[0]).all(1) & (flat <= bounds[1]).all(1)
+    return Verification(xs, outputs, errors, ok)
