@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+import onnx
+
 from .errors import OptionError, RuntimeMissingError
 
 try:
@@ -35,3 +38,19 @@ def session(model_bytes: bytes, device: str = "cpu") -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     return ort.InferenceSession(model_bytes, sess_options=opts, providers=providers(device))
+
+
+def all_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every node output of ``model`` (not only its graph outputs) on ``feeds``."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    present = {o.name for o in probe.graph.output}
+    for node in probe.graph.node:
+        for name in node.output:
+            if name and name not in present:
+                probe.graph.output.append(onnx.ValueInfoProto(name=name))
+                present.add(name)
+    sess = session(probe.SerializeToString())
+    names = [o.name for o in sess.get_outputs()]
+    results = sess.run(names, feeds)
+    return {name: np.asarray(value) for name, value in zip(names, results, strict=True)}

@@ -58,7 +58,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option(
     "--target",
     "-t",
@@ -187,7 +187,7 @@ def run(
 
 
 @main.command()
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @_guard
 def inspect(model) -> None:
     """Show MODEL's inputs, outputs, opsets and operators, and what onnxinv would invert."""

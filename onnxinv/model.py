@@ -80,6 +80,8 @@ class LoadedModel:
         """A cached onnxruntime session on the ``pruned``, ``original`` or ``logits`` model."""
         if which not in self._sessions:
             model = {"pruned": self.pruned, "original": self.original}.get(which)
+            if which == "original":
+                model = _exposing(self.original, self.output_name)
             if which == "logits":
                 model = self.logits_model
             self._sessions[which] = _ort.session(model.SerializeToString(), self.device)
@@ -101,16 +103,56 @@ class LoadedModel:
         batched = self.original_batched if which == "original" else self.batched
         sess = self.session(which)
         out_name = self.logits_name if which == "logits" else self.output_name
+        others = {}
+        if which == "original":
+            others = _fillers(self.original, self.input_name, len(x) if batched else 1)
         if batched:
             feed = x.reshape((x.shape[0], *self.original_input_shape[1:]))
-            return sess.run([out_name], {self.input_name: feed})[0]
+            return sess.run([out_name], {self.input_name: feed, **others})[0]
         ys = [
-            sess.run([out_name], {self.input_name: xi.reshape(self.original_input_shape)})[0]
+            sess.run(
+                [out_name], {self.input_name: xi.reshape(self.original_input_shape), **others}
+            )[0]
             for xi in x
         ]
         return np.stack(
             [y.reshape(_per_sample_fixed(y.shape, self.original_input_shape)) for y in ys]
         )
+
+
+def _fillers(model: onnx.ModelProto, chosen: str, batch: int) -> dict[str, np.ndarray]:
+    """Zeros for the graph inputs other than ``chosen``.
+
+    onnxruntime wants every graph input fed even when the requested output does not depend on
+    it; ``_extract`` has checked that the chosen output does not, so their values are irrelevant.
+    """
+    feed = {}
+    for vi in graph_inputs(model):
+        if vi.name == chosen or not vi.type.HasField("tensor_type"):
+            continue
+        shape = [
+            d if isinstance(d, int) and d > 0 else (batch if i == 0 else 1)
+            for i, d in enumerate(_dims(vi))
+        ]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        feed[vi.name] = (
+            np.full(shape, "", dtype=object) if dtype == object else np.zeros(shape, dtype)
+        )
+    return feed
+
+
+def _exposing(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """``model`` unchanged, or a copy that also lists the inner tensor ``name`` as a graph output.
+
+    The chosen output may be an inner tensor (a ZipMap's input, or one named with ``output=``);
+    exposing it changes nothing that the model computes.
+    """
+    if name in {o.name for o in model.graph.output}:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.graph.output.append(onnx.ValueInfoProto(name=name))
+    return copy
 
 
 def _per_sample_fixed(shape: tuple[int, ...], input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -144,6 +186,13 @@ def read_model(model: ModelLike) -> tuple[onnx.ModelProto, str]:
             raise ModelError(f"{path} is not an ONNX model ({_first_line(exc)})") from None
         if not proto.graph.node and not proto.graph.output:
             raise ModelError(f"{path} is not an ONNX model (no graph in it)")
+        for tensor in proto.graph.initializer:
+            if onnx.external_data_helper.uses_external_data(tensor):
+                location = onnx.external_data_helper.ExternalDataInfo(tensor).location
+                if not (path.parent / location).is_file():
+                    raise ModelError(
+                        f"{path} refers to external data {location!r} that is not beside it"
+                    )
         try:
             onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
         except FileNotFoundError as exc:
@@ -270,21 +319,36 @@ def _extract(model: onnx.ModelProto, input_name: str, output_name: str, symbolic
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:
         inferred = model
+    known = {vi.name for g in (inferred.graph.value_info, inferred.graph.input) for vi in g}
+    known |= {vi.name for vi in inferred.graph.output}
+    if output_name not in known:
+        # Shape inference knows nothing of some operators' outputs (e.g. ai.onnx.ml's
+        # Normalizer before a ZipMap); the Extractor needs a value_info for every output, and
+        # onnxruntime infers the type of an untyped one.
+        if inferred is model:
+            inferred = onnx.ModelProto()
+            inferred.CopyFrom(model)
+        inferred.graph.value_info.append(onnx.ValueInfoProto(name=output_name))
     try:
         sub = onnx.utils.Extractor(inferred).extract_model([input_name], [output_name])
     except Exception as exc:
         raise ModelError(
             f"cannot cut the graph from {input_name!r} to {output_name!r}: {_first_line(exc)}"
         ) from None
-    # The Extractor keeps every graph input the output depends on; anything other than the
-    # chosen input must be fed, which we cannot do.
-    others = [vi.name for vi in graph_inputs(sub) if vi.name != input_name]
+    # The Extractor makes the chosen input the only graph input and stops its search there, so
+    # another graph input the output depends on is left as a dangling node input; it would have
+    # to be fed, which we cannot do.
+    available = {"", *(o for n in sub.graph.node for o in n.output)}
+    available |= {i.name for i in sub.graph.initializer} | {vi.name for vi in sub.graph.input}
+    consumed = _consumed(sub.graph.node)
+    model_inputs = {vi.name for vi in graph_inputs(model)}
+    others = sorted({i for i in consumed if i not in available and i in model_inputs})
     if others:
         raise ModelError(
             f"output {output_name!r} also depends on input(s) {', '.join(others)}; onnxinv "
             "inverts one input and cannot fill the others"
         )
-    if input_name not in {vi.name for vi in sub.graph.input}:
+    if input_name not in consumed and input_name != output_name:
         raise ModelError(f"output {output_name!r} does not depend on input {input_name!r}")
     del sub.opset_import[:]
     sub.opset_import.extend(model.opset_import)
@@ -292,6 +356,17 @@ def _extract(model: onnx.ModelProto, input_name: str, output_name: str, symbolic
     if symbolic_batch:
         _make_batch_symbolic(sub, input_name)
     return sub
+
+
+def _consumed(nodes) -> list[str]:
+    """Every name ``nodes`` read, including outer-scope names read inside If/Loop/Scan bodies."""
+    names: list[str] = []
+    for node in nodes:
+        names.extend(node.input)
+        for attr in node.attribute:
+            for graph in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                names.extend(_consumed(graph.node))
+    return names
 
 
 def _make_batch_symbolic(model: onnx.ModelProto, input_name: str) -> None:
@@ -327,7 +402,8 @@ def _make_batch_symbolic(model: onnx.ModelProto, input_name: str) -> None:
                     attr.t.CopyFrom(numpy_helper.from_array(new, attr.t.name))
     del model.graph.value_info[:]
     for o in model.graph.output:
-        o.type.tensor_type.ClearField("shape")
+        if o.type.HasField("tensor_type"):
+            o.type.tensor_type.ClearField("shape")
 
 
 def _tail(model: onnx.ModelProto, output_name: str) -> tuple[str | None, str | None]:
@@ -368,10 +444,16 @@ def load(
         raise ModelError(f"input {vi_in.name!r} is a scalar; there is nothing to invert")
     for i, d in enumerate(dims[1:], start=1):
         if not isinstance(d, int) or d <= 0:
+            how = (
+                f"--dim_param {d} --dim_value N"
+                if isinstance(d, str)
+                else f"--input_name {vi_in.name} --input_shape "
+                + ",".join(str(v) if isinstance(v, int) and v > 0 else "N" for v in dims)
+            )
             raise ModelError(
                 f"input {vi_in.name!r} has dynamic dimension {i} ({d!r}); fix it before inverting, "
-                "e.g. python -m onnxruntime.tools.make_dynamic_shape_fixed --dim_param "
-                f"{d} --dim_value N model.onnx fixed.onnx (or re-export with a static shape)"
+                f"e.g. python -m onnxruntime.tools.make_dynamic_shape_fixed {how} "
+                "model.onnx fixed.onnx (or re-export with a static shape)"
             )
     d0 = dims[0]
     dtype = np.dtype(FLOAT_TYPES[vi_in.type.tensor_type.elem_type])

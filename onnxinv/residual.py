@@ -18,15 +18,20 @@ from .objective import Objective
 
 
 class Residual(Protocol):
-    """What the solvers need: residuals (B, m) and Jacobians (B, m, n) of flat inputs (B, n)."""
+    """What the solvers need: residuals (B, m) and Jacobians (B, m, n) of flat inputs (B, n).
+
+    ``index`` says which samples the rows are, for objectives with per-sample targets.
+    """
 
     m: int
     n: int
     jacobian_source: str
 
-    def value(self, x: torch.Tensor) -> torch.Tensor: ...
+    def value(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor: ...
 
-    def value_and_jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def value_and_jacobian(
+        self, x: torch.Tensor, index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class TorchResidual:
@@ -59,21 +64,23 @@ class TorchResidual:
         self.device = device
         self.dtype = dtype
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         if self.batched:
             y = self.module(x.reshape((x.shape[0], *self.shape[1:])))
-            return self.objective.residual(y)
-        rows = [self.module(xi.reshape(self.shape)).reshape(1, -1) for xi in x]
-        return self.objective.residual(torch.cat(rows))
+        else:
+            y = torch.cat([self.module(xi.reshape(self.shape)).reshape(1, -1) for xi in x])
+        return self.objective.residual(y, index)
 
-    def value(self, x: torch.Tensor) -> torch.Tensor:
+    def value(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         with torch.no_grad():
-            return self._forward(x.to(self.device, self.dtype))
+            return self._forward(x.to(self.device, self.dtype), index)
 
-    def value_and_jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def value_and_jacobian(
+        self, x: torch.Tensor, index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.detach().to(self.device, self.dtype).requires_grad_(True)
         with torch.enable_grad():
-            r = self._forward(x)
+            r = self._forward(x, index)
             rows = []
             for i in range(self.m):
                 (g,) = torch.autograd.grad(r[:, i].sum(), x, retain_graph=i < self.m - 1)
@@ -106,27 +113,33 @@ class FiniteDifferenceResidual:
         self.step = step
         self.rows_per_run = rows_per_run
 
-    def _residual_np(self, x: np.ndarray) -> np.ndarray:
+    def _residual_np(self, x: np.ndarray, index: np.ndarray | None) -> np.ndarray:
         out = []
         for i in range(0, len(x), self.rows_per_run):
             chunk = x[i : i + self.rows_per_run].reshape((-1, *self.shape))
-            y = np.asarray(self.run(chunk), dtype=np.float64)
-            out.append(self.objective.residual(y))
+            y = torch.from_numpy(np.asarray(self.run(chunk), dtype=np.float64))
+            rows = None if index is None else index[i : i + self.rows_per_run]
+            out.append(self.objective.residual(y, rows).numpy())
         return np.concatenate(out)
 
-    def value(self, x: torch.Tensor) -> torch.Tensor:
-        r = self._residual_np(x.detach().cpu().numpy())
+    def value(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        idx = None if index is None else torch.as_tensor(index)
+        r = self._residual_np(x.detach().cpu().numpy(), idx)
         return torch.as_tensor(r, dtype=x.dtype)
 
-    def value_and_jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def value_and_jacobian(
+        self, x: torch.Tensor, index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         xn = x.detach().cpu().numpy()
         b, n = xn.shape
+        idx = torch.arange(b) if index is None else torch.as_tensor(index)
+        rows = torch.cat([idx, idx.repeat_interleave(n), idx.repeat_interleave(n)])
         h = self.step * np.maximum(1.0, np.abs(xn))  # (B, n)
         eye = np.eye(n)
         plus = xn[:, None, :] + eye[None] * h[:, None, :]
         minus = xn[:, None, :] - eye[None] * h[:, None, :]
         stacked = np.concatenate([xn, plus.reshape(-1, n), minus.reshape(-1, n)])
-        r_all = self._residual_np(stacked)
+        r_all = self._residual_np(stacked, rows)
         r = r_all[:b]
         rp = r_all[b : b + b * n].reshape(b, n, -1)
         rm = r_all[b + b * n :].reshape(b, n, -1)
@@ -148,7 +161,10 @@ def build_residual(lm, objective: Objective, device: str = "cpu") -> tuple[Resid
     try:
         module = to_torch(onnx_model)
     except ConversionError as exc:
-        note = f"{exc}; Jacobians use finite differences through onnxruntime (slower)"
+        note = str(exc)
+        if "finite differences" not in note:
+            note += "; Jacobians will use finite differences"
+        note += " through onnxruntime (slower: 2n model runs per Jacobian)"
 
         def run(x: np.ndarray) -> np.ndarray:
             return lm.run(x, which=which)

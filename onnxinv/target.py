@@ -155,6 +155,11 @@ class Target:
                     f'"distribution" has {self.values.size} entries but the model has {size} classes'
                 )
             return self.values.copy()
+        if size < 2:
+            raise TargetError(
+                f'"class" needs an output of at least 2 classes, but the output has shape '
+                f'{list(output_shape)}; use "values" instead'
+            )
         if self.cls >= size:
             raise TargetError(f'"class" {self.cls} is out of range: the model has {size} classes')
         p = np.full(size, (1.0 - self.confidence) / (size - 1))

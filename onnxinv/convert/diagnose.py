@@ -77,18 +77,7 @@ def torch_values(module: fx.GraphModule, x: np.ndarray) -> dict[str, np.ndarray]
 
 def ort_values(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
     """Every node output of ``model`` on ``x`` according to onnxruntime."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    present = {o.name for o in probe.graph.output}
-    for node in probe.graph.node:
-        for name in node.output:
-            if name and name not in present:
-                probe.graph.output.append(onnx.ValueInfoProto(name=name))
-                present.add(name)
-    session = _ort.session(probe.SerializeToString())
-    names = [o.name for o in session.get_outputs()]
-    results = session.run(names, {graph_input(model).name: x})
-    return {name: np.asarray(value) for name, value in zip(names, results, strict=True)}
+    return _ort.all_values(model, {graph_input(model).name: x})
 
 
 @dataclass(frozen=True)
