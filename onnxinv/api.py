@@ -17,7 +17,7 @@ from .result import InversionResult
 from .target import Target
 from .verify import verify
 
-METHODS = ("auto", "forward")
+METHODS = ("auto", "backward", "forward")
 DEVICES = ("cpu", "cuda")
 
 
@@ -53,7 +53,19 @@ def _positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def _validate(samples, seed, method, max_iter, restarts, device, init_std, chunk_size, timeout):
+def _validate(
+    samples,
+    seed,
+    method,
+    max_iter,
+    restarts,
+    device,
+    init_std,
+    chunk_size,
+    timeout,
+    max_condition,
+    std,
+):
     _positive_int("samples", samples)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise OptionError(f"seed must be a non-negative integer, not {seed!r}")
@@ -67,6 +79,10 @@ def _validate(samples, seed, method, max_iter, restarts, device, init_std, chunk
     if not (isinstance(init_std, int | float) and math.isfinite(init_std) and init_std > 0):
         raise OptionError(f"init_std must be a positive number, not {init_std!r}")
     _positive_int("chunk_size", chunk_size)
+    if not (isinstance(max_condition, int | float) and max_condition > 1):
+        raise OptionError(f"max_condition must be a number > 1, not {max_condition!r}")
+    if not (isinstance(std, int | float) and math.isfinite(std) and std >= 0):
+        raise OptionError(f"std must be a non-negative number, not {std!r}")
     if timeout is not None and not (
         isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0
     ):
@@ -89,6 +105,10 @@ def invert(
     init_std: float = 1.0,
     chunk_size: int = 256,
     timeout: float | None = None,
+    max_condition: float = 100.0,
+    std: float = 0.1,
+    disable_plugins: tuple[str, ...] = (),
+    registry=None,
     on_progress: Callable[[int], None] | None = None,
 ) -> InversionResult:
     """Find ``samples`` different inputs that ``model`` maps to ``target``.
@@ -99,7 +119,11 @@ def invert(
         samples: how many inputs to return.
         seed: seed of every random choice; the same seed gives the same inputs.
         bounds: ``(lo, hi)`` box every input must lie in (e.g. ``(0, 1)`` for images).
-        method: ``"auto"`` or ``"forward"`` (Levenberg–Marquardt from random starts).
+        method: ``"backward"`` runs the plan (inverse rules through invertible blocks, LM on
+            opaque ones) and reports what it cannot do as unverified; ``"forward"`` runs
+            Levenberg–Marquardt on the whole model from random starts; ``"auto"`` runs the plan,
+            polishes unverified samples with LM from where the plan left them, and falls back to
+            fresh forward starts.
         input: the input to invert, when the model has several float inputs.
         output: the output to match, when the model has several (else the target's "output").
         max_iter: LM iterations per attempt.
@@ -108,6 +132,10 @@ def invert(
         init_std: standard deviation of random starts when unbounded.
         chunk_size: samples solved together; bounds memory.
         timeout: seconds for the whole run; what is verified by then is returned (flagged).
+        max_condition: singular values below σ_max / max_condition count as zero (backward).
+        std: random free-direction vectors' norm relative to the particular solution (backward).
+        disable_plugins: entry-point names of rule plugins to leave out.
+        registry: a :class:`~onnxinv.rules.Registry` to use instead of the installed rules.
         on_progress: called with the number of samples that just finished.
 
     Returns:
@@ -119,7 +147,19 @@ def invert(
     """
     t_start = time.perf_counter()
     deadline = None if timeout is None else time.monotonic() + float(timeout)
-    _validate(samples, seed, method, max_iter, restarts, device, init_std, chunk_size, timeout)
+    _validate(
+        samples,
+        seed,
+        method,
+        max_iter,
+        restarts,
+        device,
+        init_std,
+        chunk_size,
+        timeout,
+        max_condition,
+        std,
+    )
     box = parse_bounds(bounds)
     tgt = Target.coerce(target)
     if device == "cuda":
@@ -133,17 +173,10 @@ def invert(
     t_loaded = time.perf_counter()
 
     from .residual import build_residual
-    from .solvers.forward import StartSampler, solve_forward
     from .solvers.lm import LMSettings
 
     notes: list[str] = []
-    residual, note = build_residual(lm, obj, device=device)
-    if note:
-        notes.append(note)
-    t_converted = time.perf_counter()
-
     rng = np.random.default_rng(seed)
-    starts = StartSampler(residual.n, rng, box, init_std)
     # Stop at half the tolerance: float32 rounding in the verification run must not tip a
     # sample over it.
     settings = LMSettings(
@@ -153,13 +186,58 @@ def invert(
         restarts=restarts,
         deadline=deadline,
     )
-    sol = solve_forward(residual, samples, starts, settings, chunk_size, on_progress)
-    if sol.timed_out:
+    plan_info = None
+    residual = None
+    if method == "forward":
+        residual, note = build_residual(lm, obj, device=device)
+        notes += [note] if note else []
+        t_converted = time.perf_counter()
+        flat, iterations, methods = _forward(
+            residual, samples, rng, box, init_std, settings, chunk_size, on_progress
+        )
+    else:
+        from .graph import describe, partition
+        from .plan import Plan
+        from .rules import default_registry
+        from .solvers.backward import BackwardSettings
+
+        reg = registry if registry is not None else default_registry(disable_plugins)
+        part = partition(lm, reg, seed)
+        plan_info = [line.strip() for line in describe(part)]
+        plan = Plan(
+            lm,
+            part,
+            obj,
+            BackwardSettings(max_condition, std),
+            box,
+            device,
+            init_std,
+            max_iter,
+            restarts,
+            deadline,
+        )
+        t_converted = time.perf_counter()
+        chunks = []
+        for first in range(0, samples, chunk_size):
+            k = min(chunk_size, samples - first)
+            chunks.append(plan.run(k, rng).x)
+            if on_progress is not None:
+                on_progress(k)
+        flat = np.concatenate(chunks)
+        iterations = np.zeros(samples, dtype=np.int64)
+        methods = ["backward+lm" if plan.used_lm else "backward"] * samples
+        if method == "auto":
+            shaped = flat.reshape((samples, *lm.input_shape))
+            pending = ~verify(lm, obj, shaped, box).verified
+            if pending.any():
+                residual, note = build_residual(lm, obj, device=device)
+                notes += [note] if note else []
+                _polish(residual, flat, iterations, methods, pending, rng, box, init_std, settings)
+    if deadline is not None and time.monotonic() > deadline:
         notes.append(f"timed out after {timeout:g} s: unfinished samples are returned unverified")
-    methods = ["forward"] * samples
     t_solved = time.perf_counter()
 
-    x = sol.x.reshape((samples, *lm.input_shape))
+    x = flat.reshape((samples, *lm.input_shape))
     check = verify(lm, obj, x, box)
     t_end = time.perf_counter()
 
@@ -168,7 +246,7 @@ def invert(
         outputs=check.outputs,
         verified=check.verified,
         errors=check.errors,
-        iterations=sol.iterations,
+        iterations=iterations,
         methods=methods,
         target=tgt,
         target_array=obj.target,
@@ -186,6 +264,9 @@ def invert(
             "chunk_size": chunk_size,
             "timeout": timeout,
             "tolerance": obj.tolerance,
+            "max_condition": max_condition,
+            "std": std,
+            "disabled_plugins": list(disable_plugins),
         },
         model={
             "name": lm.name,
@@ -195,7 +276,8 @@ def invert(
             "output_shape": list(lm.output_shape),
             "output_space": obj.output_space,
             "solved_on": obj.solve_on,
-            "jacobians": residual.jacobian_source,
+            "jacobians": residual.jacobian_source if residual is not None else "none",
+            "plan": plan_info,
         },
         timings={
             "load": t_loaded - t_start,
@@ -217,3 +299,44 @@ def invert(
             best_error=best,
         )
     return result
+
+
+def _forward(residual, samples, rng, box, init_std, settings, chunk_size, on_progress):
+    """LM on the whole model from random starts: (flat inputs, iterations, per-sample paths)."""
+    from .solvers.forward import StartSampler, solve_forward
+
+    starts = StartSampler(residual.n, rng, box, init_std)
+    sol = solve_forward(residual, samples, starts, settings, chunk_size, on_progress)
+    return sol.x, sol.iterations, ["forward"] * samples
+
+
+def _polish(residual, x, iterations, methods, pending, rng, box, init_std, settings) -> None:
+    """LM from the plan's points for unverified samples, then fresh starts; updates in place."""
+    import dataclasses
+
+    import torch
+
+    from .solvers.forward import StartSampler
+    from .solvers.lm import levenberg_marquardt
+
+    lo, hi = box if box is not None else (None, None)
+    starts = StartSampler(residual.n, rng, box, init_std)
+    idx = np.flatnonzero(pending)
+    x0 = torch.from_numpy(x[idx].astype(np.float64))
+    if box is not None:
+        x0 = x0.clamp(lo, hi)
+    once = dataclasses.replace(settings, restarts=0)
+    polish = levenberg_marquardt(residual, x0, once, starts, lo, hi)
+    converged = polish.converged.numpy()
+    x[idx] = polish.x.numpy()
+    iterations[idx] += polish.iterations.numpy()
+    for i in idx[converged]:
+        methods[i] += "+polish"
+    rest = idx[~converged]
+    if rest.size:
+        fresh = levenberg_marquardt(residual, starts(len(rest)), settings, starts, lo, hi)
+        better = fresh.residual.numpy() < polish.residual.numpy()[~converged]
+        x[rest[better]] = fresh.x.numpy()[better]
+        iterations[rest] += fresh.iterations.numpy()
+        for i in rest[better]:
+            methods[i] = "forward"

@@ -31,6 +31,9 @@ def _guard(fn):
             _fail(str(exc))
         try:
             return fn(*args, **kwargs)
+        except BrokenPipeError:  # output piped into head & co.
+            sys.stderr.close()
+            sys.exit(EXIT_OK)
         except KeyboardInterrupt:
             _fail("interrupted; nothing was written", EXIT_INTERRUPTED)
         except (OnnxInvError, RuntimeMissingError) as exc:
@@ -82,8 +85,9 @@ def main() -> None:
     "--method",
     default="auto",
     show_default=True,
-    type=click.Choice(["auto", "forward"]),
-    help="Inversion method.",
+    type=click.Choice(["auto", "backward", "forward"]),
+    help="backward: inverse rules (LM only on opaque blocks); forward: LM on the whole model; "
+    "auto: backward, then LM polish and forward fallback.",
 )
 @click.option("--bounds", help="Box for every input value, LO,HI (e.g. 0,1 for images).")
 @click.option("--input", "input_name", help="Input to invert, when there are several.")
@@ -117,6 +121,27 @@ def main() -> None:
     help="Samples solved together (bounds memory).",
 )
 @click.option("--timeout", type=float, help="Seconds for the whole run; returns what is done.")
+@click.option(
+    "--max-condition",
+    default=100.0,
+    show_default=True,
+    type=float,
+    help="Backward pass: singular values below σmax/this count as zero.",
+)
+@click.option(
+    "--std",
+    default=0.1,
+    show_default=True,
+    type=float,
+    help="Backward pass: random null-space vector norm relative to the particular solution.",
+)
+@click.option(
+    "--disable-plugin",
+    "disable_plugins",
+    multiple=True,
+    metavar="NAME",
+    help="Leave out a rule plugin (repeatable; also ONNXINV_DISABLE_PLUGINS=a,b).",
+)
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @_guard
@@ -136,6 +161,9 @@ def run(
     init_std,
     chunk_size,
     timeout,
+    max_condition,
+    std,
+    disable_plugins,
     device,
     quiet,
 ) -> None:
@@ -168,6 +196,9 @@ def run(
             init_std=init_std,
             chunk_size=chunk_size,
             timeout=timeout,
+            max_condition=max_condition,
+            std=std,
+            disable_plugins=tuple(disable_plugins),
             on_progress=bar.update if bar is not None else None,
         )
     finally:
@@ -186,10 +217,20 @@ def run(
     sys.exit(EXIT_OK if result.all_verified else EXIT_UNVERIFIED)
 
 
+_DISABLE = click.option(
+    "--disable-plugin",
+    "disable_plugins",
+    multiple=True,
+    metavar="NAME",
+    help="Leave out a rule plugin (repeatable).",
+)
+
+
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
+@_DISABLE
 @_guard
-def inspect(model) -> None:
+def inspect(model, disable_plugins) -> None:
     """Show MODEL's inputs, outputs, opsets and operators, and what onnxinv would invert."""
     from . import model as model_mod
 
@@ -223,6 +264,34 @@ def inspect(model) -> None:
             f"logits {lm.logits_name!r}"
         )
     click.echo(f"batched runs: {'yes' if lm.batched else 'no (one sample per run)'}")
+    from .graph import describe, partition
+    from .rules import default_registry
+
+    part = partition(lm, default_registry(disable_plugins))
+    click.echo("blocks (input → output; method auto runs backward, then LM where needed):")
+    for line in describe(part):
+        click.echo(line)
+
+
+@main.command()
+@_DISABLE
+@_guard
+def rules(disable_plugins) -> None:
+    """List every inverse rule: operator, versions, kind and the plugin it came from."""
+    from .rules import default_registry
+
+    reg = default_registry(disable_plugins)
+    grouped: dict[tuple[str, str, str], list] = {}
+    for e in reg.entries():
+        grouped.setdefault((e.domain, e.op_type, e.source), []).append(e)
+    click.echo(f"{'operator':<28} {'versions':<22} {'kind':<7} {'exact':<5} source")
+    for (domain, op, source), entries in grouped.items():
+        rule = entries[-1].rule
+        name = f"{domain + '.' if domain else ''}{op}"
+        versions = ",".join(str(e.version) for e in entries)
+        exact = "yes" if rule.exact else "no"
+        click.echo(f"{name:<28} {versions:<22} {rule.kind:<7} {exact:<5} {source}")
+    click.echo("plugins: " + ", ".join(f"{k} ({v})" for k, v in reg.plugins.items()))
 
 
 def _type_str(vi) -> str:

@@ -136,7 +136,9 @@ def _fillers(model: onnx.ModelProto, chosen: str, batch: int) -> dict[str, np.nd
         ]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
         feed[vi.name] = (
-            np.full(shape, "", dtype=object) if dtype == object else np.zeros(shape, dtype)
+            np.full(shape, "", dtype=object)
+            if dtype is np.dtype(object)
+            else np.zeros(shape, dtype)
         )
     return feed
 

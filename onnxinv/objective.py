@@ -57,8 +57,11 @@ class Objective:
     def size(self) -> int:
         return int(self.residual_target.size)
 
-    def residual(self, y):
-        """Residual of solved-tensor values ``y`` (N, ...) as (N, m); numpy or torch."""
+    def residual(self, y, index=None):
+        """Residual of solved-tensor values ``y`` (N, ...) as (N, m); numpy or torch.
+
+        ``index`` (which samples the rows are) is ignored: the target is the same for all.
+        """
         y = y.reshape(y.shape[0], -1)
         if self.transform == "centre-log":
             y = _log(y)

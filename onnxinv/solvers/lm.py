@@ -114,7 +114,7 @@ def levenberg_marquardt(
     bounded = lo is not None
     x = x0.clone()
     b = x.shape[0]
-    r, jac = residual.value_and_jacobian(x)
+    r, jac = residual.value_and_jacobian(x, torch.arange(b))
     err_fn = settings.error or _rmax
     rmax = _finite(err_fn(r))
     cost = _cost(r)
@@ -144,7 +144,7 @@ def levenberg_marquardt(
             it_attempt[idx] = 0
             lam[idx] = settings.lam0
             x[idx] = new_start(len(idx)).to(x.dtype)
-            r[idx], jac[idx] = residual.value_and_jacobian(x[idx])
+            r[idx], jac[idx] = residual.value_and_jacobian(x[idx], idx)
             rmax[idx], cost[idx] = _finite(err_fn(r[idx])), _cost(r[idx])
             continue
         active = (~finished).nonzero().squeeze(1)
@@ -162,7 +162,7 @@ def levenberg_marquardt(
         x_try = xa + dx
         if bounded:
             x_try = x_try.clamp(lo, hi)
-        r_try = residual.value(x_try)
+        r_try = residual.value(x_try, active)
         cost_try = _cost(r_try)
         ok = torch.isfinite(cost_try) & (cost_try < cost[active])
         it_attempt[active] += 1
@@ -172,7 +172,7 @@ def levenberg_marquardt(
         if acc.numel():
             lam[acc] = (lam[acc] / 3.0).clamp_min(LAMBDA_MIN)
             x[acc] = x_try[ok]
-            r[acc], jac[acc] = residual.value_and_jacobian(x[acc])
+            r[acc], jac[acc] = residual.value_and_jacobian(x[acc], acc)
             rmax[acc], cost[acc] = _finite(err_fn(r[acc])), _cost(r[acc])
 
     better = rmax < best_r

@@ -1,0 +1,281 @@
+"""Run the generalised method: backward through invertible blocks, LM through opaque ones.
+
+From the output down, the request is an affine family (a point, or ``log p + c`` for a
+distribution). Invertible blocks pull it back rule by rule, choosing points at nonlinearities
+(:mod:`onnxinv.solvers.backward`). An opaque block, or the part of an invertible block below an
+affine step that is not onto (an expanding layer, which cannot be inverted exactly), is solved by
+Levenberg–Marquardt on that sub-model alone, with the family above it as target: the residual is
+the request's error outside the family's free directions, so a softmax constant or a null space
+stays free. For a model with a Softmax tail and an opaque body this is exactly the forward pass
+on centred logits; for a fully invertible MLP no LM runs at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from . import _ort
+from .graph import Block, Partition
+from .model import LoadedModel, _extract
+from .objective import Objective
+from .rules.base import ElementwiseRule, Family
+from .solvers.backward import BackwardSettings, box, collapse, interval_bounds, joint_collapse
+
+EXACT_RESIDUAL = 1e-6  # a family farther than this from the rules' range is not exact
+SOLVE_TOLERANCE = 1e-7  # max |residual| an intermediate LM solve aims for
+
+
+class FamilyObjective:
+    """Residual of a sub-model's output against per-sample families ``v0[b] + V u``."""
+
+    kind = "family"
+
+    def __init__(self, family: Family):
+        self.v0 = family.v0
+        self.V = family.V
+        self.size = family.v0.shape[1]
+
+    def residual(self, y, index=None):
+        import torch
+
+        v0 = torch.as_tensor(self.v0, dtype=y.dtype, device=y.device)
+        if index is not None:
+            v0 = v0[index]
+        e = y.reshape(y.shape[0], -1) - v0
+        if self.V.shape[1]:
+            V = torch.as_tensor(self.V, dtype=y.dtype, device=y.device)
+            e = e - (e @ V) @ V.T
+        return e
+
+    def error_from_residual(self, r):
+        return r.abs().amax(1)
+
+
+@dataclass
+class PlanOutcome:
+    """Flat inputs (B, n) and whether each came out of the plan exactly."""
+
+    x: np.ndarray
+    exact: np.ndarray
+
+
+def initial_family(objective: Objective, b: int) -> Family:
+    """The request at the graph output for ``b`` samples."""
+    t = objective.target.reshape(1, -1).astype(np.float64)
+    if objective.kind == "values":
+        return Family.point(np.repeat(t, b, 0))
+    if objective.output_space == "log-probabilities":
+        return Family.point(np.repeat(np.log(t), b, 0))
+    if objective.output_space == "logits":
+        k = t.shape[1]
+        return Family(np.repeat(np.log(t), b, 0), np.full((k, 1), 1 / np.sqrt(k)))
+    return Family.point(np.repeat(t, b, 0))
+
+
+class Plan:
+    """An executable plan for one model, objective and set of bounds (rules' SVDs cached)."""
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        part: Partition,
+        objective: Objective,
+        settings: BackwardSettings,
+        bounds: tuple[float, float] | None,
+        device: str = "cpu",
+        init_std: float = 1.0,
+        max_iter: int = 30,
+        restarts: int = 3,
+        deadline: float | None = None,
+    ):
+        self.lm, self.part, self.objective = lm, part, objective
+        self.settings, self.bounds, self.device = settings, bounds, device
+        self.init_std, self.max_iter, self.restarts = init_std, max_iter, restarts
+        self.deadline = deadline
+        self.sizes = {t: int(np.prod(s)) for t, s in part.shapes.items()}
+        self.ibp: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        first = part.blocks[0] if part.blocks else None
+        if bounds is not None and first is not None and first.kind == "invertible":
+            n = self.sizes[part.input]
+            self.ibp = interval_bounds(first.steps, np.full(n, bounds[0]), np.full(n, bounds[1]))
+        self._residuals: dict[tuple[str, str], object] = {}
+        self.used_lm = False
+        self._bottom = self._bottom_map(first) if bounds is not None and first else None
+
+    def _bottom_map(self, block: Block):
+        """For a bounded first block: (index of its lowest nonlinearity, composed M, c below it).
+
+        The nonlinearity's point is then chosen jointly with the input (``joint_collapse``).
+        """
+        if block.kind != "invertible":
+            return None
+        M = c = None
+        for j, step in enumerate(block.steps):
+            if step.rule.kind != "affine":
+                ok = isinstance(step.rule, ElementwiseRule) and M is not None
+                return (j, M, c) if ok else None
+            mc = step.rule.dense()
+            if mc is None:
+                return None
+            M, c = (mc[0], mc[1]) if M is None else (mc[0] @ M, mc[0] @ c + mc[1])
+        return None
+
+    # -- backward through one invertible block ------------------------------------------------
+    def _backward(self, block: Block, fam: Family, rng, exact):
+        mc, s = self.settings.max_condition, self.settings
+        records: list[tuple[str, Family]] = [(block.output, fam)]
+        for step in reversed(block.steps):
+            rule = step.rule
+            if rule.kind == "affine":
+                if not rule.onto(mc):
+                    return None, self._split(block, records)
+                fam = rule.pullback(fam, mc)
+                records.append((step.input, fam))
+            else:
+                lo, hi = box(
+                    rule.output_domain(),
+                    self.sizes[step.output],
+                    s.margin,
+                    self.ibp.get(step.output),
+                )
+                y, ok = collapse(fam, lo, hi, rng, s.std)
+                j = block.steps.index(step)
+                if (
+                    self._bottom is not None
+                    and block is self.part.blocks[0]
+                    and j == self._bottom[0]
+                ):
+                    _, M, c = self._bottom
+                    n = M.shape[1]
+                    y, ok = joint_collapse(
+                        fam,
+                        rule.inverse,
+                        M,
+                        c,
+                        np.full(n, self.bounds[0]),
+                        np.full(n, self.bounds[1]),
+                        lo,
+                        hi,
+                        y,
+                    )
+                exact &= ok & (fam.residual <= EXACT_RESIDUAL)
+                fam = rule.preimage(y)
+                records.append((step.input, fam))
+        return fam, None
+
+    def _split(self, block: Block, records: list[tuple[str, Family]]) -> tuple[str, Family]:
+        """Where LM takes over below a map that is not onto.
+
+        LM then solves from the block's input to one of the families recorded on the way down:
+        the one with the fewest equations (``size − free``), and among those the smallest
+        tensor, since each Jacobian costs one backward pass per residual.
+        """
+        return min(records, key=lambda r: (self.sizes[r[0]] - r[1].free, self.sizes[r[0]]))
+
+    # -- LM on a sub-model ------------------------------------------------------------------------
+    def _solve(self, src: str, dst: str, fam: Family, rng, exact) -> Family:
+        from .residual import FiniteDifferenceResidual, TorchResidual
+        from .solvers.forward import StartSampler
+        from .solvers.lm import LMSettings, levenberg_marquardt
+
+        self.used_lm = True
+        b = len(fam.v0)
+        objective = FamilyObjective(fam)
+        key = (src, dst)
+        sub = self._submodel(src, dst)
+        batched = self.lm.batched
+        shape = (-1, *self.part.shapes[src]) if batched else (1, *self.part.shapes[src])
+        if key not in self._residuals:
+            from .convert import to_torch
+            from .errors import ConversionError
+
+            try:
+                self._residuals[key] = ("torch", to_torch(sub))
+            except ConversionError:
+                self._residuals[key] = ("fd", _ort.session(sub.SerializeToString(), self.device))
+        kind, obj = self._residuals[key]
+        if kind == "torch":
+            residual = TorchResidual(obj, objective, shape, batched, device=self.device)
+        else:
+            sess = obj
+            in_name = sub.graph.input[0].name
+
+            def run(x: np.ndarray) -> np.ndarray:
+                return sess.run(None, {in_name: x.astype(np.float32)})[0]
+
+            residual = FiniteDifferenceResidual(run, objective, self.part.shapes[src])
+        at_input = src == self.part.input
+        n = self.sizes[src]
+        if at_input:
+            starts = StartSampler(n, rng, self.bounds, self.init_std)
+        else:
+            starts = _ReachableStarts(self, src, rng)
+        import torch
+
+        lo, hi = self.bounds if (at_input and self.bounds is not None) else (None, None)
+        settings = LMSettings(
+            tol=SOLVE_TOLERANCE * (1 + float(np.abs(fam.v0).max())),
+            error=objective.error_from_residual,
+            max_iter=self.max_iter,
+            restarts=self.restarts,
+            deadline=self.deadline,
+        )
+        out = levenberg_marquardt(residual, starts(b).to(torch.float64), settings, starts, lo, hi)
+        exact &= out.converged.numpy()
+        return Family.point(out.x.numpy())
+
+    def _submodel(self, src: str, dst: str) -> onnx.ModelProto:
+        if src == self.part.input and dst == self.part.output:
+            return self.part.model
+        return _extract(self.part.model, src, dst, symbolic_batch=False)
+
+    # -- the whole plan ---------------------------------------------------------------------------
+    def run(self, b: int, rng: np.random.Generator) -> PlanOutcome:
+        fam = initial_family(self.objective, b)
+        exact = np.ones(b, dtype=bool)
+        for block in reversed(self.part.blocks):
+            if block.kind == "invertible":
+                below, split = self._backward(block, fam, rng, exact)
+                if split is None:
+                    fam = below
+                    continue
+                fam = self._solve(block.input, split[0], split[1], rng, exact)
+            else:
+                fam = self._solve(block.input, block.output, fam, rng, exact)
+        n = self.sizes[self.part.input]
+        lo, hi = (np.full(n, v) for v in self.bounds) if self.bounds else box(None, n, 0.0)
+        x, ok = collapse(fam, lo, hi, rng, self.settings.std)
+        exact &= ok & (fam.residual <= EXACT_RESIDUAL)
+        return PlanOutcome(x, exact)
+
+
+class _ReachableStarts:
+    """Starting values for an intermediate tensor: the model's own values on random inputs."""
+
+    def __init__(self, plan: Plan, tensor: str, rng: np.random.Generator):
+        self.plan, self.tensor, self.rng = plan, tensor, rng
+        sub = _extract(plan.part.model, plan.part.input, tensor, symbolic_batch=False)
+        self.session = _ort.session(sub.SerializeToString(), plan.device)
+        self.input_starts = None
+
+    def __call__(self, k: int):
+        import torch
+
+        from .solvers.forward import StartSampler
+
+        lm = self.plan.lm
+        sampler = StartSampler(lm.input_size, self.rng, self.plan.bounds, self.plan.init_std)
+        x = sampler(k).numpy().reshape((k, *lm.input_shape)).astype(lm.input_dtype)
+        if lm.batched:
+            y = self.session.run(None, {lm.input_name: x})[0]
+        else:
+            y = np.concatenate(
+                [
+                    self.session.run(None, {lm.input_name: xi.reshape(lm.original_input_shape)})[0]
+                    for xi in x
+                ]
+            )
+        return torch.from_numpy(y.reshape(k, -1).astype(np.float64))

@@ -1,0 +1,250 @@
+"""The contract every inverse rule follows.
+
+A rule inverts one ONNX node along its *data input* (the one input that is not a constant).
+Going backward, what a rule receives for its output is an **affine family** of acceptable
+values, ``{v0 + V u}`` (:class:`Family`): a point when ``V`` has no columns, and more when the
+rules above left free directions (a softmax constant, a layer's null space). There are two kinds:
+
+* :class:`AffineRule` – the node is an affine map ``y = M x + c`` of its data input (Gemm,
+  MatMul/Add/Mul by constants, BatchNormalization, shape-only ops...). It maps a family at
+  its output to the family of all its preimages (:meth:`AffineRule.pullback`), adding its
+  null space as new free directions and reporting, for maps that are not onto, how far the
+  family is from the map's range (``Family.residual``). No choice is made here.
+* :class:`PointRule` – the node is nonlinear (activations, Softmax). It needs one *point* for
+  its output, inside :meth:`PointRule.output_domain`, and returns the family of its preimages
+  (a point for a bijective activation, ``log p + c`` for Softmax).
+
+The planner (``onnxinv.solvers.backward``) collapses a family into a point just below each point
+rule, choosing the free coefficients ``u`` so that the point lies in the rule's domain (and in
+the input bounds at the graph input) – a small linear feasibility problem – and at random inside
+that set, so samples differ.
+
+Every rule also implements :meth:`InverseRule.forward` (numpy, batched): the round-trip tests use
+it, and so does interval bound propagation (:meth:`InverseRule.forward_interval`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import onnx
+
+from ..errors import OnnxInvError
+
+
+class RuleNotApplicable(OnnxInvError):
+    """This node's attributes or inputs are outside what the rule can invert."""
+
+
+class OutsideDomain(OnnxInvError):
+    """A value asked of a rule lies outside the domain of its inverse."""
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Elementwise bounds a value must satisfy; ``open`` bounds are kept a margin away."""
+
+    lo: float = -np.inf
+    hi: float = np.inf
+    open: bool = True
+
+    def contains(self, y: np.ndarray, margin: float = 0.0) -> np.ndarray:
+        """Per-sample: whether every entry of ``y`` (B, ...) lies inside (with ``margin``)."""
+        flat = y.reshape(len(y), -1)
+        ok = np.ones(len(y), dtype=bool)
+        if np.isfinite(self.lo):
+            ok &= (flat >= self.lo + margin).all(1) if self.open else (flat >= self.lo).all(1)
+        if np.isfinite(self.hi):
+            ok &= (flat <= self.hi - margin).all(1) if self.open else (flat <= self.hi).all(1)
+        return ok
+
+
+@dataclass
+class NodeContext:
+    """What a rule knows about its node.
+
+    Attributes:
+        node: the ONNX node.
+        opset: the model's opset for the node's domain.
+        since_version: the schema version in force at that opset (the registry key).
+        attrs: attribute values by name (defaults not filled in).
+        constants: constant input values by input position.
+        data_input: position of the input that carries data.
+        input_shape: that input's shape for one sample (batch dimension removed).
+        output_shape: the output's shape for one sample.
+        batched: whether the node's tensors carry a leading batch dimension.
+    """
+
+    node: onnx.NodeProto
+    opset: int
+    since_version: int
+    attrs: dict[str, Any]
+    constants: dict[int, np.ndarray]
+    data_input: int
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    batched: bool = True
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return self.attrs.get(name, default)
+
+    @property
+    def in_size(self) -> int:
+        return int(np.prod(self.input_shape))
+
+    @property
+    def out_size(self) -> int:
+        return int(np.prod(self.output_shape))
+
+
+@dataclass
+class Family:
+    """Per-sample affine families ``v0[b] + V @ u`` of flat values (shared directions ``V``).
+
+    Attributes:
+        v0: (B, d) particular values.
+        V: (d, k) free directions, orthonormal columns (k may be 0).
+        residual: (B,) distance of each sample's request from what the rules below can produce
+            (0 when every step so far was exact).
+    """
+
+    v0: np.ndarray
+    V: np.ndarray
+    residual: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.residual is None:
+            self.residual = np.zeros(len(self.v0))
+
+    @classmethod
+    def point(cls, y: np.ndarray) -> Family:
+        y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+        return cls(y, np.zeros((y.shape[1], 0)))
+
+    @property
+    def free(self) -> int:
+        return self.V.shape[1]
+
+
+class InverseRule(ABC):
+    """Base class of all inverse rules.
+
+    Subclasses set ``op_type``, ``domain`` (ONNX domain, "" for the default) and ``versions``
+    (the operator's ``since_version`` values the rule handles), and ``exact`` (whether the
+    inverse reproduces the output exactly, up to the linear-algebra cut-off). The constructor
+    raises :class:`RuleNotApplicable` when this particular node cannot be inverted (e.g. Gemm
+    whose weight is not constant), so the planner treats it as opaque.
+    """
+
+    op_type: ClassVar[str]
+    domain: ClassVar[str] = ""
+    versions: ClassVar[tuple[int, ...]]
+    exact: ClassVar[bool] = True
+    kind: ClassVar[str]
+
+    def __init__(self, ctx: NodeContext):
+        self.ctx = ctx
+
+    @abstractmethod
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The node's own computation on (B, *input_shape) values; numpy, float64."""
+
+    def forward_interval(
+        self, lo: np.ndarray, hi: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Elementwise bounds of the output for inputs in [lo, hi] (flat, per sample), or None."""
+        return None
+
+    @classmethod
+    def describe(cls) -> str:
+        return (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+
+    def family(self, y: np.ndarray, max_condition: float = 100.0) -> Family:
+        """All inputs that give outputs ``y`` (B, *output_shape), as a family."""
+        point = Family.point(np.asarray(y, dtype=np.float64))
+        if isinstance(self, AffineRule):
+            return self.pullback(point, max_condition)
+        return self.preimage(point.v0)
+
+    def invert(
+        self,
+        y: np.ndarray,
+        rng: np.random.Generator,
+        std: float = 0.1,
+        max_condition: float = 100.0,
+    ) -> np.ndarray:
+        """One input per row of ``y``: the rule's whole contract in one call.
+
+        The particular solution plus a random vector along the free directions whose norm is
+        ``std`` times the particular solution's (the paper's BackPassInv step). The planner
+        does better (it keeps values inside the next rule's domain); this is for plugin authors
+        and round-trip tests.
+
+        Returns:
+            (B, *input_shape) inputs.
+        """
+        from .linalg import sample_family
+
+        x = sample_family(self.family(y, max_condition), rng, std)
+        return x.reshape((len(x), *self.ctx.input_shape))
+
+
+class AffineRule(InverseRule):
+    """A node that is an affine map of its data input: pulls families back to families."""
+
+    kind = "affine"
+
+    @abstractmethod
+    def pullback(self, family: Family, max_condition: float) -> Family:
+        """All inputs whose output lies in ``family``, as a family over this node's input."""
+
+    def onto(self, max_condition: float) -> bool:
+        """Whether every output is reachable (else :meth:`pullback` may be inexact)."""
+        return True
+
+    def dense(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(M, c)`` with ``y = M x + c`` on flat values, when a dense matrix is sensible."""
+        return None
+
+
+class PointRule(InverseRule):
+    """A nonlinear node: needs one point for its output and returns its preimage family."""
+
+    kind = "point"
+
+    def output_domain(self) -> Interval:
+        """Bounds every output value must satisfy for :meth:`preimage` to apply."""
+        return Interval()
+
+    @abstractmethod
+    def preimage(self, y: np.ndarray) -> Family:
+        """The family of inputs mapping to each point ``y`` (B, out_size); exact or raises."""
+
+    def check_domain(self, y: np.ndarray) -> None:
+        dom = self.output_domain()
+        bad = ~dom.contains(y)
+        if bad.any():
+            raise OutsideDomain(
+                f"{self.op_type} cannot be inverted at values outside "
+                f"({dom.lo:g}, {dom.hi:g}) (sample {int(np.flatnonzero(bad)[0])})"
+            )
+
+
+class ElementwiseRule(PointRule):
+    """A strictly monotone elementwise activation: its preimage of a point is a point."""
+
+    @abstractmethod
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        """Elementwise inverse of values inside the output domain."""
+
+    def preimage(self, y: np.ndarray) -> Family:
+        y = np.asarray(y, dtype=np.float64)
+        self.check_domain(y)
+        return Family.point(self.inverse(y))
+
+    def forward_interval(self, lo, hi):
+        # Increasing activations map interval ends to interval ends.
+        return self.forward(lo[None])[0], self.forward(hi[None])[0]

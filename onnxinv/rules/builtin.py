@@ -1,0 +1,13 @@
+"""The built-in rules, registered through the ``onnxinv.rules`` entry point like any plugin."""
+
+from __future__ import annotations
+
+from . import activations, linear, shape, softmax
+
+ALL_RULES = (*linear.RULES, *shape.RULES, *activations.RULES, *softmax.RULES)
+
+
+def register(registry) -> None:
+    """Entry point: add every built-in rule to ``registry``."""
+    for rule in ALL_RULES:
+        registry.register(rule)

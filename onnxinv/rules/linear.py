@@ -1,0 +1,240 @@
+"""Affine operators with constant weights: Gemm, MatMul, Add/Sub/Mul/Div, BatchNormalization."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+
+from .base import AffineRule, Family, NodeContext, RuleNotApplicable
+from .linalg import DenseAffine
+
+
+def _per_sample(c: np.ndarray, shape: tuple[int, ...], batched: bool) -> np.ndarray:
+    """A broadcast constant as one sample's full-size array (it must not vary over the batch)."""
+    c = np.asarray(c, dtype=np.float64)
+    full = (1, *shape) if batched else shape
+    if c.ndim > len(full) or (batched and c.ndim == len(full) and c.shape[0] != 1):
+        raise RuleNotApplicable("constant varies along the batch dimension")
+    try:
+        out = np.broadcast_to(c, full)
+    except ValueError:
+        raise RuleNotApplicable(f"constant of shape {c.shape} does not broadcast") from None
+    return (out[0] if batched else out).copy()
+
+
+class _DenseRule(AffineRule):
+    """An affine rule given by a dense matrix and offset (subclasses build them)."""
+
+    max_condition_used: float | None = None
+
+    def matrix(self) -> tuple[np.ndarray, np.ndarray]:  # (M, c) on flat per-sample values
+        raise NotImplementedError
+
+    @cached_property
+    def _mc(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.matrix()
+
+    def _dense(self, max_condition: float) -> DenseAffine:
+        cache = self.__dict__.setdefault("_svd", {})
+        if max_condition not in cache:
+            M, c = self._mc
+            cache[max_condition] = DenseAffine(M, c, max_condition)
+        return cache[max_condition]
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        M, c = self._mc
+        y = x.reshape(len(x), -1) @ M.T + c
+        return y.reshape((len(x), *self.ctx.output_shape))
+
+    def forward_interval(self, lo, hi):
+        M, c = self._mc
+        mid, rad = (lo + hi) / 2, (hi - lo) / 2
+        centre = M @ mid + c
+        spread = np.abs(M) @ rad
+        return centre - spread, centre + spread
+
+    def pullback(self, family: Family, max_condition: float) -> Family:
+        return self._dense(max_condition).pullback(family)
+
+    def onto(self, max_condition: float) -> bool:
+        return self._dense(max_condition).onto
+
+    def dense(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._mc
+
+
+class Gemm(_DenseRule):
+    """Gemm with the data as A and constant B (and C): y = alpha·x·op(B) + beta·C."""
+
+    op_type = "Gemm"
+    versions = (1, 6, 7, 9, 11, 13)
+
+    def __init__(self, ctx: NodeContext):
+        super().__init__(ctx)
+        if ctx.data_input != 0 or 1 not in ctx.constants:
+            raise RuleNotApplicable("Gemm is invertible only along A with a constant B")
+        if ctx.attr("transA", 0):
+            raise RuleNotApplicable("Gemm with transA=1 mixes the batch dimension")
+        if len(ctx.node.input) > 2 and ctx.node.input[2] and 2 not in ctx.constants:
+            raise RuleNotApplicable("Gemm's C is not constant")
+
+    def matrix(self):
+        B = self.ctx.constants[1].astype(np.float64)
+        if self.ctx.attr("transB", 0):
+            B = B.T
+        M = self.ctx.attr("alpha", 1.0) * B.T  # (out, in)
+        if 2 in self.ctx.constants:
+            c = (
+                self.ctx.attr("beta", 1.0)
+                * _per_sample(self.ctx.constants[2], self.ctx.output_shape, True).ravel()
+            )
+        else:
+            c = np.zeros(M.shape[0])
+        return M, c
+
+
+class MatMul(_DenseRule):
+    """MatMul of the data by a constant matrix on the right: y = x @ W (per row)."""
+
+    op_type = "MatMul"
+    versions = (1, 9, 13)
+
+    def __init__(self, ctx: NodeContext):
+        super().__init__(ctx)
+        W = ctx.constants.get(1)
+        if ctx.data_input != 0 or W is None or W.ndim != 2:
+            raise RuleNotApplicable("MatMul is invertible only as x @ W with a constant 2-D W")
+        rows = ctx.in_size // W.shape[0]
+        if rows * W.shape[1] * rows * W.shape[0] > 4_000_000:
+            raise RuleNotApplicable("MatMul over many rows is too large for a dense inverse")
+
+    def matrix(self):
+        W = self.ctx.constants[1].astype(np.float64)
+        rows = self.ctx.in_size // W.shape[0]
+        M = np.kron(np.eye(rows), W.T)  # rows of x are independent
+        return M, np.zeros(M.shape[0])
+
+
+class _Elementwise(AffineRule):
+    """y = a ⊙ x + c elementwise (broadcast constants); exact wherever a ≠ 0."""
+
+    def scale_offset(self) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    @cached_property
+    def _ac(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.ctx.input_shape != self.ctx.output_shape:
+            raise RuleNotApplicable("the constant broadcasts the data to a larger shape")
+        a, c = self.scale_offset()
+        return a.ravel(), c.ravel()
+
+    def forward(self, x):
+        a, c = self._ac
+        return (x.reshape(len(x), -1) * a + c).reshape((len(x), *self.ctx.output_shape))
+
+    def forward_interval(self, lo, hi):
+        a, c = self._ac
+        ends = np.stack([a * lo + c, a * hi + c])
+        return ends.min(0), ends.max(0)
+
+    def onto(self, max_condition: float) -> bool:
+        return bool(np.all(np.abs(self._ac[0]) > 0))
+
+    def dense(self) -> tuple[np.ndarray, np.ndarray]:
+        a, c = self._ac
+        return np.diag(a), c
+
+    def pullback(self, family: Family, max_condition: float) -> Family:
+        a, c = self._ac
+        if np.all(np.abs(a) > 0):
+            V = family.V / a[:, None]
+            from .linalg import orthonormal_columns
+
+            return Family((family.v0 - c) / a, orthonormal_columns(V), family.residual.copy())
+        return DenseAffine(np.diag(a), c, max_condition).pullback(family)
+
+
+def _const(ctx: NodeContext) -> np.ndarray:
+    other = 1 - ctx.data_input
+    if other not in ctx.constants:
+        raise RuleNotApplicable(f"{ctx.node.op_type} of two data tensors is not affine")
+    return _per_sample(ctx.constants[other], ctx.output_shape, ctx.batched)
+
+
+class Add(_Elementwise):
+    """Add a constant: y = x + c."""
+
+    op_type = "Add"
+    versions = (1, 6, 7, 13, 14)
+
+    def scale_offset(self):
+        c = _const(self.ctx)
+        return np.ones_like(c), c
+
+
+class Sub(_Elementwise):
+    """Subtract a constant, or subtract from one: y = x − c or y = c − x."""
+
+    op_type = "Sub"
+    versions = (1, 6, 7, 13, 14)
+
+    def scale_offset(self):
+        c = _const(self.ctx)
+        if self.ctx.data_input == 0:
+            return np.ones_like(c), -c
+        return -np.ones_like(c), c
+
+
+class Mul(_Elementwise):
+    """Multiply by a constant: y = a·x (entries with a = 0 lose their input)."""
+
+    op_type = "Mul"
+    versions = (1, 6, 7, 13, 14)
+
+    def scale_offset(self):
+        a = _const(self.ctx)
+        return a, np.zeros_like(a)
+
+
+class Div(_Elementwise):
+    """Divide by a nonzero constant: y = x / a."""
+
+    op_type = "Div"
+    versions = (1, 6, 7, 13, 14)
+
+    def scale_offset(self):
+        if self.ctx.data_input != 0:
+            raise RuleNotApplicable("a constant divided by the data is not affine")
+        a = _const(self.ctx)
+        if np.any(a == 0):
+            raise RuleNotApplicable("division by zero")
+        return 1.0 / a, np.zeros_like(a)
+
+
+class BatchNormalization(_Elementwise):
+    """BatchNormalization in inference mode: a per-channel affine map."""
+
+    op_type = "BatchNormalization"
+    versions = (1, 6, 7, 9, 14, 15)
+
+    def __init__(self, ctx: NodeContext):
+        super().__init__(ctx)
+        if ctx.data_input != 0 or not all(i in ctx.constants for i in (1, 2, 3, 4)):
+            raise RuleNotApplicable("BatchNormalization needs constant scale, bias, mean, var")
+        if ctx.attr("training_mode", 0) or len(ctx.node.output) > 1:
+            raise RuleNotApplicable("BatchNormalization in training mode")
+
+    def scale_offset(self):
+        scale, bias, mean, var = (self.ctx.constants[i].astype(np.float64) for i in (1, 2, 3, 4))
+        eps = self.ctx.attr("epsilon", 1e-5)
+        a = scale / np.sqrt(var + eps)
+        c = bias - a * mean
+        shape = self.ctx.output_shape  # (C, ...) per sample
+        expand = (len(shape[0:1]) and (-1,) + (1,) * (len(shape) - 1)) or (-1,)
+        a_full = np.broadcast_to(a.reshape(expand), shape)
+        c_full = np.broadcast_to(c.reshape(expand), shape)
+        return a_full.copy(), c_full.copy()
+
+
+RULES = (Gemm, MatMul, Add, Sub, Mul, Div, BatchNormalization)
