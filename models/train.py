@@ -173,6 +173,19 @@ benchmark subjects for `onnxinv`.
 - `digits_val.npz`: the validation split (`x`: float32 `[{n_val}, 64]` pixels in [0, 1],
   `y`: int64 labels), used by the benchmark to compare inverted inputs with real digits.
 
+## Why the 6-layer network is a wide funnel
+
+SELU's output is bounded below (> -1.758), so a layer can reach every pre-activation only if
+the layer below has enough units for its weight columns to *positively span* that space, which
+for random-like weights takes roughly twice as many. Narrow stacks (64-48-48-32-32-16-10 and
+64-56-48-40-32-24-10 were tried) have logit ranges that exclude the bundled targets: LM and
+6,000-step Adam runs from 768 starts all plateau at errors of 0.004-0.03. The 64-512-256-128-
+64-32 funnel halves at every layer, like the paper's MNIST networks, and its range contains
+`digit3` and `uniform` without bounds. Its first layer expands (64 -> 512), so it is not onto:
+the exact backward pass covers only the layers above it and LM solves the rest (see
+`onnxinv inspect models/digits_6layer.onnx`). With the box [0, 1], `digit3` and `mix_1_7`
+remain outside this network's range: onnxinv reports them as unreachable.
+
 ## Example targets (`targets/`)
 
 - `digit3.json`: class 3 with confidence 0.9.
