@@ -188,6 +188,7 @@ def invert(
     )
     plan_info = None
     residual = None
+    sources: set[str] = set()
     if method == "forward":
         residual, note = build_residual(lm, obj, device=device)
         notes += [note] if note else []
@@ -226,6 +227,8 @@ def invert(
         flat = np.concatenate(chunks)
         iterations = np.zeros(samples, dtype=np.int64)
         methods = ["backward+lm" if plan.used_lm else "backward"] * samples
+        notes += plan.notes
+        sources = plan.jacobian_sources
         if method == "auto":
             shaped = flat.reshape((samples, *lm.input_shape))
             pending = ~verify(lm, obj, shaped, box).verified
@@ -276,7 +279,7 @@ def invert(
             "output_shape": list(lm.output_shape),
             "output_space": obj.output_space,
             "solved_on": obj.solve_on,
-            "jacobians": residual.jacobian_source if residual is not None else "none",
+            "jacobians": _jacobians(residual, sources),
             "plan": plan_info,
         },
         timings={
@@ -340,3 +343,9 @@ def _polish(residual, x, iterations, methods, pending, rng, box, init_std, setti
         iterations[rest] += fresh.iterations.numpy()
         for i in rest[better]:
             methods[i] = "forward"
+
+
+def _jacobians(residual, plan_sources: set[str]) -> str:
+    """Where the Jacobians of this run came from ("none" for an exact backward pass)."""
+    sources = set(plan_sources) | ({residual.jacobian_source} if residual is not None else set())
+    return "+".join(sorted(sources)) or "none"

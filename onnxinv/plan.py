@@ -103,6 +103,8 @@ class Plan:
             self.ibp = interval_bounds(first.steps, np.full(n, bounds[0]), np.full(n, bounds[1]))
         self._residuals: dict[tuple[str, str], object] = {}
         self.used_lm = False
+        self.notes: list[str] = []
+        self.jacobian_sources: set[str] = set()
         self._bottom = self._bottom_map(first) if bounds is not None and first else None
 
     def _bottom_map(self, block: Block):
@@ -194,8 +196,14 @@ class Plan:
 
             try:
                 self._residuals[key] = ("torch", to_torch(sub))
-            except ConversionError:
+            except ConversionError as exc:
                 self._residuals[key] = ("fd", _ort.session(sub.SerializeToString(), self.device))
+                note = str(exc)
+                if "finite differences" not in note:
+                    note += "; Jacobians will use finite differences"
+                self.notes.append(
+                    note + " through onnxruntime (slower: 2n model runs per Jacobian)"
+                )
         kind, obj = self._residuals[key]
         if kind == "torch":
             residual = TorchResidual(obj, objective, shape, batched, device=self.device)
@@ -207,6 +215,7 @@ class Plan:
                 return sess.run(None, {in_name: x.astype(np.float32)})[0]
 
             residual = FiniteDifferenceResidual(run, objective, self.part.shapes[src])
+        self.jacobian_sources.add(residual.jacobian_source)
         at_input = src == self.part.input
         n = self.sizes[src]
         if at_input:

@@ -52,13 +52,17 @@ class Interval:
     open: bool = True
 
     def contains(self, y: np.ndarray, margin: float = 0.0) -> np.ndarray:
-        """Per-sample: whether every entry of ``y`` (B, ...) lies inside (with ``margin``)."""
+        """Per-sample: whether every entry of ``y`` (B, ...) lies inside (with ``margin``).
+
+        An open bound is excluded (Sigmoid's 0 or SELU's −γα have no finite preimage), and
+        with ``margin`` everything closer to it than that too.
+        """
         flat = y.reshape(len(y), -1)
         ok = np.ones(len(y), dtype=bool)
         if np.isfinite(self.lo):
-            ok &= (flat >= self.lo + margin).all(1) if self.open else (flat >= self.lo).all(1)
+            ok &= (flat > self.lo + margin).all(1) if self.open else (flat >= self.lo).all(1)
         if np.isfinite(self.hi):
-            ok &= (flat <= self.hi - margin).all(1) if self.open else (flat <= self.hi).all(1)
+            ok &= (flat < self.hi - margin).all(1) if self.open else (flat <= self.hi).all(1)
         return ok
 
 

@@ -119,6 +119,13 @@ class MatMul(_DenseRule):
 class _Elementwise(AffineRule):
     """y = a ⊙ x + c elementwise (broadcast constants); exact wherever a ≠ 0."""
 
+    def __init__(self, ctx: NodeContext):
+        super().__init__(ctx)
+        # Build (a, c) now: a node this rule cannot invert (two data inputs, division by zero,
+        # a constant that broadcasts the data to a larger shape) must raise RuleNotApplicable
+        # here, where the planner catches it, not later inside pullback.
+        self._ac  # noqa: B018
+
     def scale_offset(self) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
@@ -219,11 +226,11 @@ class BatchNormalization(_Elementwise):
     versions = (1, 6, 7, 9, 14, 15)
 
     def __init__(self, ctx: NodeContext):
-        super().__init__(ctx)
         if ctx.data_input != 0 or not all(i in ctx.constants for i in (1, 2, 3, 4)):
             raise RuleNotApplicable("BatchNormalization needs constant scale, bias, mean, var")
         if ctx.attr("training_mode", 0) or len(ctx.node.output) > 1:
             raise RuleNotApplicable("BatchNormalization in training mode")
+        super().__init__(ctx)  # computes the scale and offset from the constants checked above
 
     def scale_offset(self):
         scale, bias, mean, var = (self.ctx.constants[i].astype(np.float64) for i in (1, 2, 3, 4))

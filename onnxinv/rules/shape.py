@@ -58,7 +58,10 @@ class Flatten(_Reshape):
 
     def __init__(self, ctx: NodeContext):
         super().__init__(ctx)
-        if ctx.batched and ctx.attr("axis", 1) == 0:
+        axis = ctx.attr("axis", 1)
+        if axis < 0:  # opset 11 and later count negative axes from the back
+            axis += len(ctx.input_shape) + (1 if ctx.batched else 0)
+        if ctx.batched and axis == 0:
             raise RuleNotApplicable("Flatten with axis=0 merges the batch dimension")
 
 
