@@ -79,12 +79,17 @@ def _validate(
     if not (isinstance(init_std, int | float) and math.isfinite(init_std) and init_std > 0):
         raise OptionError(f"init_std must be a positive number, not {init_std!r}")
     _positive_int("chunk_size", chunk_size)
+    for name, value in (("init_std", init_std), ("std", std), ("max_condition", max_condition)):
+        if isinstance(value, bool):
+            raise OptionError(f"{name} must be a number, not {value!r}")
     if not (isinstance(max_condition, int | float) and max_condition > 1):
         raise OptionError(f"max_condition must be a number > 1, not {max_condition!r}")
     if not (isinstance(std, int | float) and math.isfinite(std) and std >= 0):
         raise OptionError(f"std must be a non-negative number, not {std!r}")
-    if timeout is not None and not (
-        isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0
+    if (
+        isinstance(timeout, bool)
+        or timeout is not None
+        and not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0)
     ):
         raise OptionError(f"timeout must be a positive number of seconds, not {timeout!r}")
 
@@ -146,7 +151,6 @@ def invert(
             :class:`UnreachableTargetError` when no sample verified.
     """
     t_start = time.perf_counter()
-    deadline = None if timeout is None else time.monotonic() + float(timeout)
     _validate(
         samples,
         seed,
@@ -160,6 +164,11 @@ def invert(
         max_condition,
         std,
     )
+    deadline = None if timeout is None else time.monotonic() + float(timeout)
+    for name, value in (("input", input), ("output", output)):
+        if value is not None and not (isinstance(value, str) and value):
+            raise OptionError(f"{name} must be a tensor name (a non-empty string), not {value!r}")
+    disable_plugins = _plugin_names(disable_plugins)
     box = parse_bounds(bounds)
     tgt = Target.coerce(target)
     if device == "cuda":
@@ -203,6 +212,12 @@ def invert(
         from .solvers.backward import BackwardSettings
 
         reg = registry if registry is not None else default_registry(disable_plugins)
+        unknown = [n for n in disable_plugins if n not in reg.plugins]
+        if unknown:
+            raise OptionError(
+                f"no rule plugin named {unknown[0]!r} to disable; installed: "
+                + ", ".join(sorted(reg.plugins))
+            )
         part = partition(lm, reg, seed)
         plan_info = [line.strip() for line in describe(part)]
         plan = Plan(
@@ -236,8 +251,7 @@ def invert(
                 residual, note = build_residual(lm, obj, device=device)
                 notes += [note] if note else []
                 _polish(residual, flat, iterations, methods, pending, rng, box, init_std, settings)
-    if deadline is not None and time.monotonic() > deadline:
-        notes.append(f"timed out after {timeout:g} s: unfinished samples are returned unverified")
+    timed_out = deadline is not None and time.monotonic() > deadline
     t_solved = time.perf_counter()
 
     x = flat.reshape((samples, *lm.input_shape))
@@ -292,8 +306,18 @@ def invert(
         notes=notes,
         probabilities=obj.probabilities(check.outputs),
     )
+    if timed_out and not result.all_verified:
+        notes.append(f"timed out after {timeout:g} s: unfinished samples are returned unverified")
     if result.n_verified == 0:
         best = float(np.min(result.errors))
+        if timed_out:
+            raise UnreachableTargetError(
+                f"timed out after {timeout:g} s before any of {samples} samples reached "
+                f"tolerance {obj.tolerance:g} (best max error {best:.3g}); allow a longer "
+                "--timeout",
+                result=result,
+                best_error=best,
+            )
         raise UnreachableTargetError(
             f"target unreachable: none of {samples} samples reached tolerance "
             f"{obj.tolerance:g} (best max error {best:.3g}); try more --max-iter/--restarts, "
@@ -349,3 +373,16 @@ def _jacobians(residual, plan_sources: set[str]) -> str:
     """Where the Jacobians of this run came from ("none" for an exact backward pass)."""
     sources = set(plan_sources) | ({residual.jacobian_source} if residual is not None else set())
     return "+".join(sorted(sources)) or "none"
+
+
+def _plugin_names(names) -> tuple[str, ...]:
+    """``disable_plugins`` as a tuple of names: one string or an iterable of strings."""
+    if isinstance(names, str):
+        return (names,)
+    try:
+        out = tuple(names)
+    except TypeError:
+        raise OptionError(f"disable_plugins must be plugin names, not {names!r}") from None
+    if not all(isinstance(n, str) and n for n in out):
+        raise OptionError(f"disable_plugins must be plugin names, not {names!r}")
+    return out

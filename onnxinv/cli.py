@@ -54,7 +54,22 @@ def _guard(fn):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineGroup(click.Group):
+    """Usage errors (unknown option, bad value) are one line and exit 1, like every error."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            _fail(exc.format_message().strip().splitlines()[0])
+        except click.ClickException as exc:
+            _fail(exc.format_message().strip().splitlines()[0])
+        except click.Abort:
+            _fail("interrupted; nothing was written", EXIT_INTERRUPTED)
+        sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+
+@click.group(cls=_OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="onnxinv")
 def main() -> None:
     """Invert ONNX models: find many inputs that produce a target output, verified in onnxruntime."""

@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 def check_destination(path: str | os.PathLike, overwrite: bool) -> Path:
     """Fail early when ``path`` is a non-empty folder (or a file) and overwriting is off."""
     p = Path(path)
+    for parent in p.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputExistsError(f"output path {p} lies below {parent}, which is a file")
+            break
     if p.exists() and not p.is_dir():
         raise OutputExistsError(f"output path {p} exists and is not a folder")
     if p.is_dir() and any(p.iterdir()) and not overwrite:
@@ -46,7 +51,12 @@ def save(result: InversionResult, path: str | os.PathLike, overwrite: bool = Fal
         if dest.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
             os.replace(dest, trash / dest.name)
-            os.replace(tmp, dest)
+            try:
+                os.replace(tmp, dest)
+            except BaseException:
+                os.replace(trash / dest.name, dest)  # the previous contents stay in place
+                shutil.rmtree(trash, ignore_errors=True)
+                raise
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, dest)

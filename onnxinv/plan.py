@@ -21,7 +21,7 @@ from . import _ort
 from .graph import Block, Partition
 from .model import LoadedModel, _extract
 from .objective import Objective
-from .rules.base import ElementwiseRule, Family
+from .rules.base import ElementwiseRule, Family, OutsideDomain
 from .solvers.backward import BackwardSettings, box, collapse, interval_bounds, joint_collapse
 
 EXACT_RESIDUAL = 1e-6  # a family farther than this from the rules' range is not exact
@@ -164,7 +164,13 @@ class Plan:
                         y,
                     )
                 exact &= ok & (fam.residual <= EXACT_RESIDUAL)
-                fam = rule.preimage(y)
+                try:
+                    fam = rule.preimage(y)
+                except OutsideDomain:
+                    # The request misses what this operator can output (e.g. a probability of
+                    # exactly 0): continue from the nearest point it can, flagged inexact.
+                    exact[:] = False
+                    fam = rule.preimage(rule.nearest(y))
                 records.append((step.input, fam))
         return fam, None
 

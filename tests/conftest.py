@@ -59,3 +59,29 @@ def sklearn_digits() -> tuple[onnx.ModelProto, np.ndarray]:
         clf = LogisticRegression(max_iter=60).fit(x, y)
         model = to_onnx(clf, initial_types=[("pixels", FloatTensorType([None, 64]))])
     return model, x
+
+
+# ------------------------------------------------------------------------------- --slow option
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--slow",
+        action="store_true",
+        default=False,
+        help="also run tests marked slow (e.g. the 200-example fuzz test)",
+    )
+
+
+def pytest_configure(config) -> None:
+    # Also declared in pyproject.toml; repeated so the marker is known wherever pytest starts.
+    config.addinivalue_line("markers", "slow: many more examples (run with --slow)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -227,6 +227,11 @@ class PointRule(InverseRule):
     def preimage(self, y: np.ndarray) -> Family:
         """The family of inputs mapping to each point ``y`` (B, out_size); exact or raises."""
 
+    def nearest(self, y: np.ndarray) -> np.ndarray:
+        """A point of the domain near ``y`` (B, out_size), for requests that miss it."""
+        dom = self.output_domain()
+        return np.clip(y, dom.lo, dom.hi)
+
     def check_domain(self, y: np.ndarray) -> None:
         dom = self.output_domain()
         bad = ~dom.contains(y)

@@ -59,6 +59,12 @@ class Softmax(_SoftmaxBase):
         e = np.exp(z - z.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
 
+    def nearest(self, y: np.ndarray) -> np.ndarray:
+        g = np.maximum(self._grouped(np.asarray(y, dtype=np.float64)), 1e-30)
+        out = np.empty((len(y), self.ctx.in_size))
+        out[:, self.groups] = g / g.sum(-1, keepdims=True)
+        return out
+
     def preimage(self, y: np.ndarray) -> Family:
         y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
         if np.any(y <= 0):
@@ -82,6 +88,12 @@ class LogSoftmax(_SoftmaxBase):
     def _apply(z):
         m = z.max(-1, keepdims=True)
         return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
+
+    def nearest(self, y: np.ndarray) -> np.ndarray:
+        g = self._grouped(np.asarray(y, dtype=np.float64))
+        out = np.empty((len(y), self.ctx.in_size))
+        out[:, self.groups] = self._apply(g)
+        return out
 
     def preimage(self, y: np.ndarray) -> Family:
         y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
