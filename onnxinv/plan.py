@@ -162,6 +162,7 @@ class Plan:
                         lo,
                         hi,
                         y,
+                        rng,
                     )
                 exact &= ok & (fam.residual <= EXACT_RESIDUAL)
                 try:

@@ -30,6 +30,7 @@ from ..rules.base import Family, Interval
 T_CAP = 1e-6  # margin asked of the LP beyond the domain's own (open bounds are pre-shrunk)
 MARGIN_WEIGHT = 1e6
 JOINT_TOLERANCE = 1e-7
+PULL_WEIGHT = 1e-4  # weight of |x − z| against the violation in the joint LP
 
 
 @dataclass
@@ -85,7 +86,12 @@ def collapse(
     """One point per sample of ``family`` inside [lo, hi]; returns (points, inside flags)."""
     v0, V = family.v0, family.V
     b, k = v0.shape[0], V.shape[1]
-    if k:
+    if k and np.isfinite(lo).all() and np.isfinite(hi).all():
+        # Inside a box: aim at a uniformly random point of the box (projected onto the
+        # family), so samples spread over the whole feasible slice instead of hugging the
+        # particular solution.
+        u_r = (rng.uniform(lo, hi, size=(b, len(lo))) - v0) @ V
+    elif k:
         u_r = rng.standard_normal((b, k))
         u_r *= (
             std
@@ -168,6 +174,7 @@ def joint_collapse(
     lo: np.ndarray,
     hi: np.ndarray,
     y_init: np.ndarray,
+    rng: np.random.Generator,
     iterations: int = 10,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Choose points ``y`` of ``family`` such that ``inverse(y) = M x + c`` for some x in a box.
@@ -176,7 +183,8 @@ def joint_collapse(
     last nonlinearity of a bounded problem that fails. Here ``y`` and ``x`` are chosen together
     by sequential linear programming: linearise ``inverse`` around the current ``y``, solve the
     LP (HiGHS) that minimises the L1 violation of ``inverse(y) = M x + c`` over the family's
-    coefficients and ``x`` in the box, inside a trust region, and repeat.
+    coefficients and ``x`` in the box, inside a trust region, and repeat. A small second term
+    pulls ``x`` towards a random point of the box, so samples spread over the solutions.
 
     Returns:
         (y, ok): the points and whether each satisfied the equation to ``JOINT_TOLERANCE``
@@ -188,7 +196,14 @@ def joint_collapse(
     y = np.clip(y_init.copy(), lo, hi)
     ok = np.zeros(b, dtype=bool)
     x_bounds = list(zip(x_lo, x_hi, strict=True))
+    # Variables [u (k), x (n), s⁺ (d), s⁻ (d), q (n)] with q ≥ |x − z|, z random in the box.
+    eye_n = np.eye(n)
+    pull = np.concatenate([np.zeros((n, k)), eye_n, np.zeros((n, 2 * d)), -eye_n], axis=1)
+    push = np.concatenate([np.zeros((n, k)), -eye_n, np.zeros((n, 2 * d)), -eye_n], axis=1)
+    cost = np.concatenate([np.zeros(k + n), np.ones(2 * d), np.full(n, PULL_WEIGHT)])
+    bounds = [(None, None)] * k + x_bounds + [(0, None)] * (2 * d + n)
     for i in range(b):
+        z = rng.uniform(x_lo, x_hi)
         h, radius = y[i].copy(), 4.0
         for _ in range(iterations):
             g = inverse(h[None])[0]
@@ -196,17 +211,18 @@ def joint_collapse(
             up, down = np.minimum(h + eps, hi), np.maximum(h - eps, lo)
             slope = (inverse(up[None])[0] - inverse(down[None])[0]) / np.maximum(up - down, 1e-300)
             # M x − diag(slope) V u − s⁺ + s⁻ = g + slope ⊙ (v0 − h) − c
-            A_eq = np.concatenate([-(slope[:, None] * V), M, -np.eye(d), np.eye(d)], axis=1)
+            A_eq = np.concatenate(
+                [-(slope[:, None] * V), M, -np.eye(d), np.eye(d), np.zeros((d, n))], axis=1
+            )
             b_eq = g + slope * (v0[i] - h) - c
             # Family point inside the domain and the trust region around h.
             top = np.minimum(hi, h + radius) - v0[i]
             bot = np.maximum(lo, h - radius) - v0[i]
             fin_t, fin_b = np.isfinite(top), np.isfinite(bot)
             A_ub = np.concatenate([V[fin_t], -V[fin_b]])
-            A_ub = np.concatenate([A_ub, np.zeros((len(A_ub), n + 2 * d))], axis=1)
-            b_ub = np.concatenate([top[fin_t], -bot[fin_b]])
-            cost = np.concatenate([np.zeros(k + n), np.ones(2 * d)])
-            bounds = [(None, None)] * k + x_bounds + [(0, None)] * (2 * d)
+            A_ub = np.concatenate([A_ub, np.zeros((len(A_ub), n + 2 * d + n))], axis=1)
+            A_ub = np.concatenate([A_ub, pull, push])
+            b_ub = np.concatenate([top[fin_t], -bot[fin_b], z, -z])
             res = linprog(
                 cost, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=b_eq, bounds=bounds, method="highs"
             )
@@ -216,12 +232,13 @@ def joint_collapse(
             x = res.x[k : k + n]
             miss = np.abs(inverse(h_new[None])[0] - (M @ x + c)).max()
             scale = 1.0 + np.abs(M @ x + c).max()
-            if miss < np.abs(inverse(h[None])[0] - (M @ x + c)).max() or res.fun < 1e-12:
+            violation = float(res.x[k + n : k + n + 2 * d].sum())
+            if miss < np.abs(inverse(h[None])[0] - (M @ x + c)).max() or violation < 1e-12:
                 h = h_new
                 radius = min(radius * 2, 1e3)
             else:
                 radius /= 4
-            if res.fun <= JOINT_TOLERANCE * scale and miss <= JOINT_TOLERANCE * scale:
+            if violation <= JOINT_TOLERANCE * scale and miss <= JOINT_TOLERANCE * scale:
                 ok[i] = True
                 break
         y[i] = h
