@@ -504,6 +504,12 @@ def load(
         raise ModelError(f"onnxruntime cannot run the model: {_first_line(exc)}") from None
     if not np.issubdtype(y.dtype, np.floating):
         raise ModelError(f"output {out_name!r} is {y.dtype}, not a float tensor")
+    if lm.batched and (y.ndim == 0 or y.shape[0] != len(probe)):
+        # The graph mixes the batch dimension (e.g. Reshape to [1, -1]): run one sample at a
+        # time, with the batch of 1 the model was evidently written for.
+        lm.batched = lm.original_batched = False
+        lm.original_input_shape = (1, *sample_shape)
+        y = lm.run(probe)
     lm.output_shape = tuple(y.shape[1:])
     return lm
 

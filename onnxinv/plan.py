@@ -106,6 +106,32 @@ class Plan:
         self.notes: list[str] = []
         self.jacobian_sources: set[str] = set()
         self._bottom = self._bottom_map(first) if bounds is not None and first else None
+        self._splits = {id(b): self._split_tensor(b) for b in part.blocks if b.kind == "invertible"}
+
+    def _split_tensor(self, block: Block) -> str | None:
+        """Where LM takes over in ``block``, decided from its structure alone (None: nowhere).
+
+        Below an affine step that is not onto the backward pass cannot be exact, so LM solves
+        from the block's input up to one of the families above it: the one with the fewest
+        equations (``size − free``), and among those the smallest tensor, since each Jacobian
+        costs one backward pass per residual. Free directions are counted without running the
+        pass, so no work is spent on layers that LM will redo.
+        """
+        mc = self.settings.max_condition
+        top = block is self.part.blocks[-1]
+        free = initial_family(self.objective, 1).free if top else 0
+        records = [(block.output, self.sizes[block.output] - free, self.sizes[block.output])]
+        for step in reversed(block.steps):
+            rule = step.rule
+            if rule.kind == "affine":
+                if not rule.onto(mc):
+                    return min(records, key=lambda r: (r[1], r[2]))[0]
+                free += rule.nullity(mc)
+            else:
+                free = getattr(rule, "directions", np.zeros((0, 0))).shape[1]
+            size = self.sizes[step.input]
+            records.append((step.input, size - free, size))
+        return None
 
     def _bottom_map(self, block: Block):
         """For a bounded first block: (index of its lowest nonlinearity, composed M, c below it).
@@ -128,14 +154,15 @@ class Plan:
     # -- backward through one invertible block ------------------------------------------------
     def _backward(self, block: Block, fam: Family, rng, exact):
         mc, s = self.settings.max_condition, self.settings
-        records: list[tuple[str, Family]] = [(block.output, fam)]
+        split = self._splits.get(id(block))
+        if split == block.output:
+            return None, (block.output, fam)
         for step in reversed(block.steps):
             rule = step.rule
             if rule.kind == "affine":
-                if not rule.onto(mc):
-                    return None, self._split(block, records)
                 fam = rule.pullback(fam, mc)
-                records.append((step.input, fam))
+                if step.input == split:
+                    return None, (step.input, fam)
             else:
                 lo, hi = box(
                     rule.output_domain(),
@@ -172,17 +199,9 @@ class Plan:
                     # exactly 0): continue from the nearest point it can, flagged inexact.
                     exact[:] = False
                     fam = rule.preimage(rule.nearest(y))
-                records.append((step.input, fam))
+                if step.input == split:
+                    return None, (step.input, fam)
         return fam, None
-
-    def _split(self, block: Block, records: list[tuple[str, Family]]) -> tuple[str, Family]:
-        """Where LM takes over below a map that is not onto.
-
-        LM then solves from the block's input to one of the families recorded on the way down:
-        the one with the fewest equations (``size − free``), and among those the smallest
-        tensor, since each Jacobian costs one backward pass per residual.
-        """
-        return min(records, key=lambda r: (self.sizes[r[0]] - r[1].free, self.sizes[r[0]]))
 
     # -- LM on a sub-model ------------------------------------------------------------------------
     def _solve(self, src: str, dst: str, fam: Family, rng, exact) -> Family:

@@ -104,9 +104,9 @@ def torch_mlp(seed: int = 0, tail: str | None = "softmax", n_out: int = 10) -> n
     return nn.Sequential(*layers).eval()
 
 
-def export(module: nn.Module, path: Path, dynamo: bool, shape=(1, 1, 8, 8)) -> Path:
-    """``torch.onnx.export`` at the default opset, silencing the exporters' chatter."""
-    example = (torch.rand(*shape),)
+@contextlib.contextmanager
+def quiet():
+    """Silence the torch exporters' warnings and progress chatter."""
     sink = io.StringIO()
     with (
         warnings.catch_warnings(),
@@ -114,10 +114,30 @@ def export(module: nn.Module, path: Path, dynamo: bool, shape=(1, 1, 8, 8)) -> P
         contextlib.redirect_stderr(sink),
     ):
         warnings.simplefilter("ignore")
+        yield
+
+
+def export(module: nn.Module, path: Path, dynamo: bool, shape=(1, 1, 8, 8)) -> Path:
+    """``torch.onnx.export`` at the default opset, silently."""
+    example = (torch.rand(*shape),)
+    with quiet():
         torch.onnx.export(
             module, example, str(path), dynamo=dynamo, input_names=["x"], output_names=["y"]
         )
     return path
+
+
+def checker_failure() -> onnx.ModelProto:
+    """Well-formed protobuf, invalid graph: Gemm reads a tensor nothing defines."""
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Gemm", ["x", "W_missing"], ["y"])],
+        "broken",
+        [value_info("x", ["N", 4])],
+        [value_info("y", ["N", 3])],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
 
 
 # ------------------------------------------------------------------ the independent onnxruntime judge

@@ -28,6 +28,7 @@ from helpers import (
     BUNDLED,
     TARGETS,
     as_probabilities,
+    checker_failure,
     const,
     dense,
     make_model,
@@ -82,19 +83,6 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------- bad models
-
-
-def _checker_failure() -> onnx.ModelProto:
-    """Well-formed protobuf, invalid graph: Gemm reads a tensor nothing defines."""
-    graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "W_missing"], ["y"])],
-        "broken",
-        [value_info("x", ["N", 4])],
-        [value_info("y", ["N", 3])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
 
 
 def _missing_external_data(folder: Path) -> Path:
@@ -251,7 +239,7 @@ BAD = [
             d / "t.onnx", BUNDLED[2].read_bytes()[: BUNDLED[2].stat().st_size // 2]
         ),
     ),
-    Bad("model-fails-checker", ModelError, ("checker",), model=_saved(_checker_failure)),
+    Bad("model-fails-checker", ModelError, ("checker",), model=_saved(checker_failure)),
     Bad(
         "model-missing-external-data",
         ModelError,

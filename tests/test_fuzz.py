@@ -26,17 +26,15 @@ are derandomized, so CI sees the same examples every time.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import as_probabilities, dense, make_model, one_line, ort_outputs, value_info
+from helpers import as_probabilities, dense, make_model, one_line, ort_outputs, quiet, value_info
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from onnx import helper
@@ -131,14 +129,9 @@ def build(case: Case) -> bytes:
     with torch.no_grad():
         for p in module.parameters():
             p.mul_(case.scale)
-    buffer, sink = io.BytesIO(), io.StringIO()
+    buffer = io.BytesIO()
     dynamic = {"x": {0: "batch"}, "y": {0: "batch"}} if case.dynamic_batch else None
-    with (
-        warnings.catch_warnings(),
-        contextlib.redirect_stdout(sink),
-        contextlib.redirect_stderr(sink),
-    ):
-        warnings.simplefilter("ignore")
+    with quiet():
         torch.onnx.export(
             module,
             (torch.rand(1, case.n_in),),

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from helpers import (
     BUNDLED,
     TARGETS,
     assert_solved,
+    checker_failure,
     const,
     dense,
     make_model,
@@ -17,7 +19,7 @@ from helpers import (
     reachable_distribution,
     value_info,
 )
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxinv import invert
 from onnxinv.errors import ModelError
@@ -82,19 +84,6 @@ def test_external_data_model_inverts_and_missing_data_is_named(tmp_path):
 # -------------------------------------------------------------------------------- broken files
 
 
-def _checker_failure() -> onnx.ModelProto:
-    # Gemm reads a tensor nothing defines: well-formed protobuf, invalid graph.
-    graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "W_missing"], ["y"])],
-        "broken",
-        [value_info("x", ["N", 4])],
-        [value_info("y", ["N", 3])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
-
 BROKEN = [
     ("missing", lambda d: d / "nope.onnx", "nope.onnx"),
     ("directory", lambda d: d, "not a file"),
@@ -103,8 +92,8 @@ BROKEN = [
     ("truncated-path", lambda d: _write(d / "t.onnx", _half_of_bundled()), "t.onnx"),
     ("truncated-bytes", lambda d: _half_of_bundled(), "not an ONNX model"),
     ("garbage-bytes", lambda d: b"\x00\xff" * 50, "not an ONNX model"),
-    ("checker-proto", lambda d: _checker_failure(), "checker"),
-    ("checker-path", lambda d: _save(_checker_failure(), d / "c.onnx"), "checker"),
+    ("checker-proto", lambda d: checker_failure(), "checker"),
+    ("checker-path", lambda d: _save(checker_failure(), d / "c.onnx"), "checker"),
     ("wrong-type", lambda d: 42, "path, bytes or onnx.ModelProto"),
 ]
 
@@ -409,3 +398,37 @@ def test_dynamo_fixed_batch_of_one_is_batched(exported):
     assert batched.shape == (5, 10)
     np.testing.assert_allclose(batched, one_by_one, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(lm.run(x, "original"), one_by_one, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("node", "out_shape"),
+    [
+        (lambda: helper.make_node("Reshape", ["x", "shape"], ["r"]), [1, "M"]),
+        (lambda: helper.make_node("Unsqueeze", ["x", "axes"], ["r"]), [1, "N", 5]),
+    ],
+    ids=["reshape-to-1xN", "unsqueeze-axis-0"],
+)
+def test_a_graph_that_merges_the_batch_runs_one_sample_at_a_time(node, out_shape):
+    """With a symbolic batch, Reshape(x, [1, -1]) or Unsqueeze(axis 0) mixes samples."""
+    consts = [
+        numpy_helper.from_array(np.array([1, -1], dtype=np.int64), "shape"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "axes"),
+    ]
+    graph = helper.make_graph(
+        [node(), helper.make_node("Tanh", ["r"], ["y"])],
+        "merge",
+        [value_info("x", ["N", 5])],
+        [value_info("y", out_shape)],
+        consts,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    lm = load(model)
+    assert not lm.batched and lm.input_shape == (5,)
+    target = np.tanh(np.linspace(-1, 1, 5))
+    result = invert(model, {"values": target.tolist()}, samples=3, seed=0)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for x in result.inputs:
+        y = sess.run(None, {"x": x[None]})[0].ravel()
+        np.testing.assert_allclose(y, target, atol=1e-4)
+    assert result.all_verified

@@ -209,6 +209,10 @@ class AffineRule(InverseRule):
         """Whether every output is reachable (else :meth:`pullback` may be inexact)."""
         return True
 
+    def nullity(self, max_condition: float) -> int:
+        """How many free directions :meth:`pullback` adds (the null space's dimension)."""
+        return max(0, self.ctx.in_size - self.ctx.out_size)
+
     def dense(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(M, c)`` with ``y = M x + c`` on flat values, when a dense matrix is sensible."""
         return None

@@ -60,6 +60,10 @@ class _DenseRule(AffineRule):
     def onto(self, max_condition: float) -> bool:
         return self._dense(max_condition).onto
 
+    def nullity(self, max_condition: float) -> int:
+        dense = self._dense(max_condition)
+        return dense.M.shape[1] - dense.rank
+
     def dense(self) -> tuple[np.ndarray, np.ndarray]:
         return self._mc
 
@@ -147,6 +151,9 @@ class _Elementwise(AffineRule):
 
     def onto(self, max_condition: float) -> bool:
         return bool(np.all(np.abs(self._ac[0]) > 0))
+
+    def nullity(self, max_condition: float) -> int:
+        return int(np.sum(self._ac[0] == 0))
 
     def dense(self) -> tuple[np.ndarray, np.ndarray]:
         a, c = self._ac

@@ -1,0 +1,685 @@
+"""Every built-in inverse rule, on a one-node model per opset where its schema changed.
+
+Each case is one ONNX node with a symbolic batch dimension ``N`` and its constants as seeded
+random initializers. The rule is built the way the planner builds it (``graph.partition``); a
+reachable target is onnxruntime's output for a random input; the rule's inverse is run back
+through onnxruntime, never through onnxinv's own forward code. ``test_every_rule_has_a_case``
+fails when a rule is registered without a case here.
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, defs, helper, numpy_helper
+
+from onnxinv import model as model_mod
+from onnxinv.graph import partition
+from onnxinv.rules import (
+    AffineRule,
+    ElementwiseRule,
+    Family,
+    InverseRule,
+    NodeContext,
+    OutsideDomain,
+    PointRule,
+    Registry,
+    RuleNotApplicable,
+    builtin,
+    default_registry,
+)
+from onnxinv.rules import activations as act
+from onnxinv.rules import linear as lin
+from onnxinv.rules import shape as shp
+from onnxinv.rules import softmax as smx
+
+ORT_MIN_OPSET = 7  # onnxruntime only guarantees opset 7 and later
+BATCH = 3
+
+# ------------------------------------------------------------------------------ model building
+
+
+def _f32(name: str, array) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(array, dtype=np.float32), name)
+
+
+def _i64(name: str, array) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(array, dtype=np.int64), name)
+
+
+def one_node_model(
+    node: onnx.NodeProto,
+    inits: list[onnx.TensorProto],
+    dims: list,
+    opset: int,
+    domain_opsets: dict[str, int] | None = None,
+) -> onnx.ModelProto:
+    """``x`` (dims, e.g. ["N", 5]) → node → ``y``, at ``opset``, with the smallest IR it allows."""
+    graph = helper.make_graph(
+        [node],
+        "one_node",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=inits,
+    )
+    imports = [helper.make_opsetid("", opset)]
+    imports += [helper.make_opsetid(d, v) for d, v in (domain_opsets or {}).items()]
+    model = helper.make_model(graph, opset_imports=imports)
+    model.ir_version = max(7, helper.find_min_ir_version_for(imports))
+    # Shape inference (strict: a wrong attribute or input for this opset fails here) gives
+    # the output its shape, which older IR versions require.
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def session(model: onnx.ModelProto) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(
+        model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
+    )
+
+
+def run(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+    return sess.run(None, {"x": np.asarray(x, dtype=np.float32)})[0]
+
+
+def fresh_registry() -> Registry:
+    reg = Registry()
+    builtin.register(reg)
+    return reg
+
+
+REGISTRY = fresh_registry()
+
+
+def since_version(op_type: str, opset: int) -> int:
+    return defs.get_schema(op_type, max_inclusive_version=opset).since_version
+
+
+def runnable_opset(op_type: str, version: int) -> int | None:
+    """The opset at which to test a rule's ``version``: itself, or 7 when the schema of an
+    older version is still in force there; None when onnxruntime cannot run that schema."""
+    opset = max(version, ORT_MIN_OPSET)
+    return opset if since_version(op_type, opset) == version else None
+
+
+# ----------------------------------------------------------------------------------- the cases
+
+Build = Callable[[int, np.random.Generator], tuple[onnx.NodeProto, list[onnx.TensorProto]]]
+Sampler = Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]
+
+
+def _normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.standard_normal(shape)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One node configuration of a rule; ``build(opset, rng)`` gives the node and constants."""
+
+    name: str
+    rule: type[InverseRule]
+    shape: tuple[int, ...]  # per-sample input shape
+    build: Build
+    min_opset: int = ORT_MIN_OPSET
+    sample: Sampler = _normal
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def opsets(self) -> list[int]:
+        found = []
+        for v in self.rule.versions:
+            opset = runnable_opset(self.rule.op_type, v)
+            if opset is not None and opset >= self.min_opset:
+                found.append(opset)
+        return found
+
+
+CASES: list[Case] = []
+
+
+def case(name, rule, shape, build, **kw) -> None:
+    CASES.append(Case(name, rule, tuple(shape), build, **kw))
+
+
+def N(op, inputs, **attrs) -> onnx.NodeProto:  # noqa: N802 - reads like a node constructor
+    return helper.make_node(op, inputs, ["y"], **attrs)
+
+
+def _nonzero(rng, shape, lo=0.5, hi=2.0):
+    return rng.uniform(lo, hi, shape) * rng.choice([-1.0, 1.0], shape)
+
+
+# Gemm: data is A, B constant; with/without transB, alpha/beta, with C (required before opset 11).
+def _gemm(n_in, n_out, trans_b=0, alpha=None, beta=None, c_shape=(-1,)):
+    def build(opset, rng):
+        w = rng.standard_normal((n_out, n_in) if trans_b else (n_in, n_out)) / np.sqrt(n_in)
+        inits = [_f32("W", w)]
+        inputs = ["x", "W"]
+        if c_shape is not None:
+            inits.append(
+                _f32("C", rng.standard_normal(tuple(n_out if d < 0 else d for d in c_shape)))
+            )
+            inputs.append("C")
+        attrs = {"transB": trans_b} if trans_b else {}
+        attrs.update({k: v for k, v in (("alpha", alpha), ("beta", beta)) if v is not None})
+        return N("Gemm", inputs, **attrs), inits
+
+    return build
+
+
+case("gemm-8to3", lin.Gemm, [8], _gemm(8, 3), extra={"null": 5})
+case("gemm-5to4-transB-alpha-beta", lin.Gemm, [5], _gemm(5, 4, 1, 0.7, 1.3, (1, -1)))
+case("gemm-6to4-noC", lin.Gemm, [6], _gemm(6, 4, c_shape=None), min_opset=11)
+case("gemm-3to6-expanding", lin.Gemm, [3], _gemm(3, 6, trans_b=1, alpha=2.0))
+
+
+def _matmul(k, m):
+    def build(opset, rng):
+        return N("MatMul", ["x", "W"]), [_f32("W", rng.standard_normal((k, m)) / np.sqrt(k))]
+
+    return build
+
+
+case("matmul-6to2", lin.MatMul, [6], _matmul(6, 2), extra={"null": 4})
+case("matmul-rows-2x3", lin.MatMul, [2, 3], _matmul(3, 3))
+
+
+# Add/Sub/Mul/Div with a broadcast constant on either side.
+def _binary(op, side, c_shape, values=_normal):
+    def build(opset, rng):
+        c = _f32("c", values(rng, c_shape))
+        return N(op, ["x", "c"] if side == "right" else ["c", "x"]), [c]
+
+    return build
+
+
+for _shape in ([5], [2, 3]):
+    _tag = "x".join(map(str, _shape))
+    case(f"add-x+c-full-{_tag}", lin.Add, _shape, _binary("Add", "right", tuple(_shape)))
+    case(f"add-c+x-lastdim-{_tag}", lin.Add, _shape, _binary("Add", "left", (_shape[-1],)))
+    case(f"sub-x-c-scalar-{_tag}", lin.Sub, _shape, _binary("Sub", "right", ()))
+    case(f"sub-c-x-batch1-{_tag}", lin.Sub, _shape, _binary("Sub", "left", (1, *_shape)))
+    case(f"mul-x*c-full-{_tag}", lin.Mul, _shape, _binary("Mul", "right", tuple(_shape), _nonzero))
+    case(
+        f"mul-c*x-lastdim-{_tag}", lin.Mul, _shape, _binary("Mul", "left", (_shape[-1],), _nonzero)
+    )
+    case(f"div-x/c-full-{_tag}", lin.Div, _shape, _binary("Div", "right", tuple(_shape), _nonzero))
+    case(f"div-x/c-scalar-{_tag}", lin.Div, _shape, _binary("Div", "right", (), _nonzero))
+
+
+def _batchnorm(channels, epsilon=None):
+    def build(opset, rng):
+        inits = [
+            _f32("scale", _nonzero(rng, channels)),
+            _f32("B", rng.standard_normal(channels)),
+            _f32("mean", rng.standard_normal(channels)),
+            _f32("var", rng.uniform(0.2, 2.0, channels)),
+        ]
+        attrs = {} if epsilon is None else {"epsilon": epsilon}
+        return N("BatchNormalization", ["x", "scale", "B", "mean", "var"], **attrs), inits
+
+    return build
+
+
+case("batchnorm-NCHW", lin.BatchNormalization, [3, 2, 2], _batchnorm(3))
+case("batchnorm-NC-eps", lin.BatchNormalization, [4], _batchnorm(4, epsilon=1e-3))
+
+
+# Shape-only operators.
+def _plain(op, **attrs):
+    def build(opset, rng):
+        return N(op, ["x"], **attrs), []
+
+    return build
+
+
+def _dropout(opset, rng):
+    if opset >= 12:  # ratio became an input
+        return N("Dropout", ["x", "ratio"]), [_f32("ratio", 0.3)]
+    return N("Dropout", ["x"], ratio=0.3), []
+
+
+def _reshape(target):
+    def build(opset, rng):
+        return N("Reshape", ["x", "shape"]), [_i64("shape", target)]
+
+    return build
+
+
+def _axes_op(op, axes):
+    """Squeeze/Unsqueeze: axes an attribute before opset 13, an input from 13."""
+
+    def build(opset, rng):
+        if opset >= 13:
+            return N(op, ["x", "axes"]), [_i64("axes", axes)]
+        return N(op, ["x"], axes=axes), []
+
+    return build
+
+
+for _shape in ([5], [2, 3]):
+    _tag = "x".join(map(str, _shape))
+    case(f"identity-{_tag}", shp.Identity, _shape, _plain("Identity"))
+    case(f"dropout-{_tag}", shp.Dropout, _shape, _dropout)
+case("flatten-2x3", shp.Flatten, [2, 3], _plain("Flatten"))
+case("flatten-axis1-4x1x2", shp.Flatten, [4, 1, 2], _plain("Flatten", axis=1))
+case("flatten-axis-1-2x3", shp.Flatten, [2, 3], _plain("Flatten", axis=-2), min_opset=11)
+case("reshape-5-to-5x1", shp.Reshape, [5], _reshape([-1, 5, 1]))
+case("reshape-2x3-to-0x6", shp.Reshape, [2, 3], _reshape([0, 3, 2]))
+case("squeeze-5x1", shp.Squeeze, [5, 1], _axes_op("Squeeze", [2]))
+case("squeeze-2x1x3", shp.Squeeze, [2, 1, 3], _axes_op("Squeeze", [2]))
+case("squeeze-negative-axis", shp.Squeeze, [2, 1, 3], _axes_op("Squeeze", [-2]), min_opset=11)
+case("unsqueeze-5", shp.Unsqueeze, [5], _axes_op("Unsqueeze", [1]))
+case("unsqueeze-2x3", shp.Unsqueeze, [2, 3], _axes_op("Unsqueeze", [3]))
+case("transpose-2x3", shp.Transpose, [2, 3], _plain("Transpose", perm=[0, 2, 1]))
+case("transpose-2x3x4", shp.Transpose, [2, 3, 4], _plain("Transpose", perm=[0, 3, 1, 2]))
+
+
+# Activations.
+def _uniform(lo, hi) -> Sampler:
+    return lambda rng, shape: rng.uniform(lo, hi, shape)
+
+
+for _shape in ([5], [2, 3]):
+    _tag = "x".join(map(str, _shape))
+    case(f"sigmoid-{_tag}", act.Sigmoid, _shape, _plain("Sigmoid"))
+    case(f"tanh-{_tag}", act.Tanh, _shape, _plain("Tanh"))
+    case(f"softplus-{_tag}", act.Softplus, _shape, _plain("Softplus"))
+case("selu-default", act.Selu, [5], _plain("Selu"))
+case("selu-alpha-gamma", act.Selu, [2, 3], _plain("Selu", alpha=1.2, gamma=0.8))
+case("elu-default", act.Elu, [5], _plain("Elu"))
+case("elu-alpha0.5", act.Elu, [2, 3], _plain("Elu", alpha=0.5))
+case("leakyrelu-default", act.LeakyRelu, [5], _plain("LeakyRelu"))
+case("leakyrelu-alpha0.2", act.LeakyRelu, [2, 3], _plain("LeakyRelu", alpha=0.2))
+case(
+    "hardsigmoid-default",
+    act.HardSigmoid,
+    [5],
+    _plain("HardSigmoid"),
+    sample=_uniform((0.05 - 0.5) / 0.2, (0.95 - 0.5) / 0.2),
+)
+case(
+    "hardsigmoid-alpha-beta",
+    act.HardSigmoid,
+    [2, 3],
+    _plain("HardSigmoid", alpha=0.3, beta=0.4),
+    sample=_uniform((0.05 - 0.4) / 0.3, (0.95 - 0.4) / 0.3),
+)
+
+
+def _prelu(slope_shape):
+    def build(opset, rng):
+        return N("PRelu", ["x", "slope"]), [_f32("slope", rng.uniform(0.05, 2.0, slope_shape))]
+
+    return build
+
+
+case("prelu-full-5", act.PRelu, [5], _prelu((5,)))
+case("prelu-channel-2x3", act.PRelu, [2, 3], _prelu((2, 1)))
+case("prelu-scalar-2x3", act.PRelu, [2, 3], _prelu((1,)))
+
+
+def _clip(lo, hi):
+    """Clip: min/max attributes before opset 11, optional inputs from 11."""
+
+    def build(opset, rng):
+        if opset < 11:
+            attrs = {k: v for k, v in (("min", lo), ("max", hi)) if v is not None}
+            return N("Clip", ["x"], **attrs), []
+        inputs, inits = ["x", "", ""], []
+        for pos, name, v in ((1, "lo", lo), (2, "hi", hi)):
+            if v is not None:
+                inputs[pos] = name
+                inits.append(_f32(name, v))
+        while inputs[-1] == "":
+            inputs.pop()
+        return N("Clip", inputs), inits
+
+    return build
+
+
+case("clip-both", act.Clip, [5], _clip(-0.5, 0.8), sample=_uniform(-0.45, 0.75))
+case("clip-min-only", act.Clip, [2, 3], _clip(0.0, None), sample=_uniform(0.05, 3.0))
+case("clip-max-only", act.Clip, [5], _clip(None, 1.5), sample=_uniform(-3.0, 1.45))
+
+
+# Softmax/LogSoftmax: before opset 13 the input is coerced to 2-D at `axis` (one group over all
+# later dimensions); from 13 the softmax runs along `axis` alone.
+def _softmax(op, axis=None):
+    def build(opset, rng):
+        return (N(op, ["x"]) if axis is None else N(op, ["x"], axis=axis)), []
+
+    return build
+
+
+for _op, _rule in (("Softmax", smx.Softmax), ("LogSoftmax", smx.LogSoftmax)):
+    _low = _op.lower()
+    case(f"{_low}-5", _rule, [5], _softmax(_op), sample=lambda r, s: 2 * r.standard_normal(s))
+    case(f"{_low}-2x3-default-axis", _rule, [2, 3], _softmax(_op))
+    case(f"{_low}-2x3-axis1", _rule, [2, 3], _softmax(_op, 1))
+    case(f"{_low}-2x3-axis-1", _rule, [2, 3], _softmax(_op, -1), min_opset=11)
+    case(f"{_low}-2x2x2-axis2", _rule, [2, 2, 2], _softmax(_op, 2))
+
+
+PARAMS = [pytest.param(c, v, id=f"{c.name}-opset{v}") for c in CASES for v in c.opsets()]
+LATEST = [pytest.param(c, c.opsets()[-1], id=c.name) for c in CASES]
+
+
+# ------------------------------------------------------------------------------ shared set-up
+
+
+@dataclass
+class Prepared:
+    model: onnx.ModelProto
+    sess: ort.InferenceSession
+    rule: InverseRule
+    rng: np.random.Generator
+
+
+def _seed(*parts) -> int:
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+@functools.cache
+def _prepare(c: Case, opset: int) -> tuple[onnx.ModelProto, InverseRule]:
+    node, inits = c.build(opset, np.random.default_rng(_seed(c.name)))
+    model = one_node_model(node, inits, ["N", *c.shape], opset)
+    part = partition(model_mod.load(model), REGISTRY)
+    assert len(part.blocks) == 1, part.blocks
+    block = part.blocks[0]
+    reasons = [s.reason for s in block.steps]
+    assert block.kind == "invertible", f"{c.name} at opset {opset} is opaque: {reasons}"
+    (step,) = block.steps
+    assert type(step.rule) is c.rule
+    assert step.entry.version == since_version(c.rule.op_type, opset)
+    return model, step.rule
+
+
+def prepare(c: Case, opset: int) -> Prepared:
+    model, rule = _prepare(c, opset)
+    return Prepared(model, session(model), rule, np.random.default_rng(_seed(c.name, opset)))
+
+
+def reachable(p: Prepared, c: Case) -> tuple[np.ndarray, np.ndarray]:
+    """A random input in the rule's invertible region and onnxruntime's output for it."""
+    x0 = c.sample(p.rng, (BATCH, *c.shape)).astype(np.float32)
+    return x0, run(p.sess, x0)
+
+
+def assert_same_output(c: Case, got: np.ndarray, want: np.ndarray) -> None:
+    if c.rule is smx.Softmax:  # compare probabilities
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want).max()))
+
+
+# ------------------------------------------------------------------------------------ the tests
+
+
+@pytest.mark.parametrize(("c", "opset"), PARAMS)
+def test_round_trip(c: Case, opset: int):
+    """invert(y) maps back to y in onnxruntime; forward matches onnxruntime on random inputs."""
+    p = prepare(c, opset)
+    x0, y = reachable(p, c)
+    x = p.rule.invert(y.astype(np.float64), p.rng)
+    assert x.shape == (BATCH, *c.shape)
+    assert np.isfinite(x).all()
+    assert_same_output(c, run(p.sess, x), y)
+
+    fam = p.rule.family(y.astype(np.float64))
+    np.testing.assert_allclose(fam.residual, 0.0, atol=1e-5)
+    assert p.rule.exact
+
+    xr = 1.5 * p.rng.standard_normal((BATCH, *c.shape))
+    want = run(p.sess, xr)
+    got = p.rule.forward(xr)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+INTERVAL_CASES = [p for p in LATEST if not issubclass(p.values[0].rule, smx._SoftmaxBase)]
+
+
+@pytest.mark.parametrize(("c", "opset"), INTERVAL_CASES)
+def test_forward_interval_contains_outputs(c: Case, opset: int):
+    """Bounds from forward_interval contain every output of inputs in the box."""
+    p = prepare(c, opset)
+    lo = -1.0 + 0.2 * p.rng.standard_normal(c.shape).ravel()
+    hi = lo + p.rng.uniform(0.1, 2.0, lo.shape)
+    out_lo, out_hi = p.rule.forward_interval(lo, hi)
+    xs = lo + (hi - lo) * p.rng.random((64, lo.size))
+    ys = p.rule.forward(xs.reshape(64, *c.shape)).reshape(64, -1)
+    assert (ys >= out_lo - 1e-9).all() and (ys <= out_hi + 1e-9).all()
+
+
+# Point rules with a restricted output domain (LeakyRelu and PRelu are onto the real line).
+DOMAIN_CASES = [
+    p
+    for p in LATEST
+    if issubclass(p.values[0].rule, PointRule)
+    and p.values[0].rule.output_domain is not PointRule.output_domain
+]
+INFINITE_AT_BOUND = (act.Selu, act.Elu, act.Sigmoid, act.Tanh, act.Softplus)
+
+
+def _refused(rule: PointRule, y: np.ndarray) -> str:
+    with pytest.raises(OutsideDomain) as info:
+        rule.preimage(y)
+    msg = str(info.value)
+    assert msg and "\n" not in msg
+    return msg
+
+
+@pytest.mark.parametrize(("c", "opset"), DOMAIN_CASES)
+def test_refuses_outside_output_domain(c: Case, opset: int):
+    """A value outside the rule's output domain raises OutsideDomain with one line."""
+    p = prepare(c, opset)
+    _, y = reachable(p, c)
+    y = y.astype(np.float64).reshape(BATCH, -1)
+    rule = p.rule
+    assert np.isfinite(rule.preimage(y).v0).all()  # the reachable point itself is accepted
+    if isinstance(rule, ElementwiseRule):
+        dom = rule.output_domain()
+        bad_values = []
+        if np.isfinite(dom.lo):
+            bad_values += [dom.lo - 0.1, dom.lo - 10.0]
+        if np.isfinite(dom.hi):
+            bad_values += [dom.hi + 0.1, dom.hi + 10.0]
+        if c.rule in INFINITE_AT_BOUND:  # the open bound itself has no finite preimage
+            bad_values += [v for v in (dom.lo, dom.hi) if np.isfinite(v)]
+        bad_values.append(np.nan)
+        for v in bad_values:
+            bad = y.copy()
+            bad[-1, -1] = v
+            msg = _refused(rule, bad)
+            if not np.isnan(v):
+                assert c.rule.op_type in msg and "sample 2" in msg
+    elif c.rule is smx.Softmax:
+        for make in (
+            lambda y: np.where(y == y.max(), 0.0, y),  # a zero probability
+            lambda y: -y,  # negative
+            lambda y: 0.5 * y,  # sums to 1/2
+        ):
+            assert "Softmax" in _refused(rule, make(y))
+    else:  # LogSoftmax: log-probabilities whose exponentials do not sum to 1
+        assert "LogSoftmax" in _refused(rule, y + 0.5)
+        assert "LogSoftmax" in _refused(rule, y - 0.5)
+
+
+NULL_CASES = [p for p in LATEST if "null" in p.values[0].extra]
+
+
+@pytest.mark.parametrize(("c", "opset"), NULL_CASES)
+def test_null_space_gives_diversity(c: Case, opset: int):
+    """Different rngs give different inputs, all exact; the family spans the null space."""
+    p = prepare(c, opset)
+    _, y = reachable(p, c)
+    y64 = y.astype(np.float64)
+    x1 = p.rule.invert(y64, np.random.default_rng(1))
+    x2 = p.rule.invert(y64, np.random.default_rng(2))
+    assert np.abs(x1 - x2).max() > 1e-2
+    for x in (x1, x2):
+        assert_same_output(c, run(p.sess, x), y)
+
+    fam = p.rule.family(y64)
+    assert isinstance(fam, Family)
+    M, cvec = p.rule.dense()
+    assert fam.free == c.extra["null"]
+    np.testing.assert_allclose(fam.V.T @ fam.V, np.eye(fam.free), atol=1e-10)
+    assert np.linalg.norm(M @ fam.V) < 1e-10 * np.linalg.norm(M)
+    np.testing.assert_allclose(fam.v0 @ M.T + cvec, y64.reshape(BATCH, -1), atol=1e-10)
+
+
+# ---------------------------------------------------------------------- not-invertible configs
+
+
+@dataclass(frozen=True)
+class Opaque:
+    name: str
+    node: onnx.NodeProto
+    inits: tuple
+    dims: tuple
+    opset: int
+    reason: str  # a substring of the reason the planner records
+
+
+def _opaque(name, op, opset, reason, inputs=("x",), inits=(), dims=("N", 5), **attrs):
+    node = helper.make_node(op, list(inputs), ["y"], **attrs)
+    return Opaque(name, node, tuple(inits), tuple(dims), opset, reason)
+
+
+TRUE = numpy_helper.from_array(np.array(True), "t")
+OPAQUE = [
+    _opaque("leakyrelu-alpha0", "LeakyRelu", 16, "alpha <= 0", alpha=0.0),
+    _opaque("elu-alpha0", "Elu", 22, "alpha <= 0", alpha=0.0),
+    _opaque("elu-alpha-negative", "Elu", 13, "alpha <= 0", alpha=-0.5),
+    _opaque("hardsigmoid-alpha0", "HardSigmoid", 13, "alpha <= 0", alpha=0.0),
+    _opaque("prelu-slope0", "PRelu", 16, "slope <= 0", ["x", "s"], [_f32("s", [1, 1, 0, 1, 1])]),
+    _opaque("prelu-slope-neg", "PRelu", 9, "slope <= 0", ["x", "s"], [_f32("s", [-0.2])]),
+    _opaque("div-by-zero", "Div", 14, "division by zero", ["x", "c"], [_f32("c", [1, 2, 0, 1, 1])]),
+    _opaque("div-c-by-x", "Div", 14, "not affine", ["c", "x"], [_f32("c", 2.0)]),
+    _opaque("mul-two-data", "Mul", 14, "two data tensors", ["x", "x"]),
+    _opaque("add-two-data", "Add", 13, "two data tensors", ["x", "x"]),
+    _opaque(
+        "add-broadcasts-data",
+        "Add",
+        14,
+        "larger shape",
+        ["x", "c"],
+        [_f32("c", np.ones((1, 4)))],
+        dims=("N", 1),
+    ),
+    # transA=1 with a symbolic batch would need B's rows to be the batch: use a fixed-size input.
+    _opaque(
+        "gemm-transA",
+        "Gemm",
+        13,
+        "transA",
+        ["x", "W"],
+        [_f32("W", np.ones((4, 2)))],
+        dims=(4, 3),
+        transA=1,
+    ),
+    _opaque("softmax-axis0", "Softmax", 13, "batch dimension", axis=0),
+    _opaque("softmax-axis0-opset11", "Softmax", 11, "batch dimension", axis=0),
+    _opaque("flatten-axis0", "Flatten", 13, "axis=0", axis=0),
+    _opaque("flatten-axis-minus-rank", "Flatten", 13, "axis=0", dims=("N", 2, 3), axis=-3),
+    _opaque(
+        "dropout-training", "Dropout", 13, "training mode", ["x", "r", "t"], [_f32("r", 0.5), TRUE]
+    ),
+]
+
+
+@pytest.mark.parametrize("o", OPAQUE, ids=[o.name for o in OPAQUE])
+def test_not_invertible_node_is_opaque(o: Opaque):
+    model = one_node_model(o.node, list(o.inits), list(o.dims), o.opset)
+    part = partition(model_mod.load(model), REGISTRY)
+    assert [b.kind for b in part.blocks] == ["opaque"]
+    step = part.first_without_rule
+    assert step is not None and step.node.op_type == o.node.op_type
+    assert o.reason in step.reason
+
+
+def _ctx(op, inputs, constants, in_shape, out_shape, opset=13, **attrs) -> NodeContext:
+    node = helper.make_node(op, inputs, ["y"], **attrs)
+    return NodeContext(
+        node=node,
+        opset=opset,
+        since_version=since_version(op, opset),
+        attrs=attrs,
+        constants=constants,
+        data_input=0,
+        input_shape=in_shape,
+        output_shape=out_shape,
+    )
+
+
+W43 = np.ones((4, 3), np.float32)
+NOT_APPLICABLE = [
+    pytest.param(lin.Gemm, _ctx("Gemm", ["x", "B"], {}, (4,), (3,)), id="gemm-B-data"),
+    pytest.param(lin.Gemm, _ctx("Gemm", ["x", "B", "C"], {1: W43}, (4,), (3,)), id="gemm-C-data"),
+    pytest.param(
+        lin.Gemm, _ctx("Gemm", ["x", "B"], {1: W43}, (4,), (3,), transA=1), id="gemm-transA"
+    ),
+    pytest.param(lin.MatMul, _ctx("MatMul", ["x", "W"], {}, (4,), (3,)), id="matmul-W-data"),
+    pytest.param(lin.Mul, _ctx("Mul", ["x", "z"], {}, (4,), (4,)), id="mul-two-data"),
+    pytest.param(
+        lin.BatchNormalization,
+        _ctx("BatchNormalization", ["x", "s", "b", "m", "v"], {1: W43[0], 2: W43[0]}, (3,), (3,)),
+        id="batchnorm-mean-data",
+    ),
+    pytest.param(act.PRelu, _ctx("PRelu", ["x", "s"], {}, (4,), (4,)), id="prelu-slope-data"),
+    pytest.param(act.Clip, _ctx("Clip", ["x", "lo"], {}, (4,), (4,)), id="clip-bound-data"),
+]
+
+
+@pytest.mark.parametrize(("rule", "ctx"), NOT_APPLICABLE)
+def test_rule_not_applicable(rule: type[InverseRule], ctx: NodeContext):
+    with pytest.raises(RuleNotApplicable) as info:
+        rule(ctx)
+    assert str(info.value) and "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------------ coverage
+
+
+def _builtin_op_types() -> set[str]:
+    return {
+        e.op_type
+        for e in default_registry().entries()
+        if e.source == "builtin" or e.source.startswith("builtin ")
+    }
+
+
+def test_every_rule_has_a_case():
+    """Adding a rule (or an op to the built-ins) without a case here fails."""
+    covered = {c.rule.op_type for c in CASES}
+    assert _builtin_op_types() == covered
+    assert {r for r in builtin.ALL_RULES} == {c.rule for c in CASES}
+
+
+def test_every_runnable_version_is_tested():
+    """Each schema version onnxruntime can run is exercised; the rest are too old for it."""
+    tested = {(c.rule, v) for c in CASES for v in c.opsets()}
+    for rule in builtin.ALL_RULES:
+        for v in rule.versions:
+            opset = runnable_opset(rule.op_type, v)
+            if opset is None:
+                assert v < ORT_MIN_OPSET, (rule.op_type, v)
+            else:
+                assert (rule, opset) in tested, f"{rule.op_type} version {v} has no case"
+
+
+def test_rule_kinds():
+    for rule in builtin.ALL_RULES:
+        assert rule.kind == ("affine" if issubclass(rule, AffineRule) else "point")
+        assert rule.describe()
