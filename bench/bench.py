@@ -455,9 +455,9 @@ def warm_up(methods: list[Method], model_path: Path, seed: int) -> None:
 
 def mean_pairwise_distance(x: np.ndarray) -> float:
     """Mean Euclidean distance over all pairs of rows."""
-    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     if len(x) < 2:
         return math.nan
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     sq = (x * x).sum(1)
     d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0)
     iu = np.triu_indices(len(x), 1)

@@ -251,9 +251,14 @@ class Plan:
         import torch
 
         lo, hi = self.bounds if (at_input and self.bounds is not None) else (None, None)
+        error, tol = objective.error_from_residual, SOLVE_TOLERANCE * (1 + np.abs(fam.v0).max())
+        if self._is_objective(dst):
+            # The request is the objective's own family, so its residuals are the objective's:
+            # stop on the user's check (probabilities) at half the tolerance, as forward does.
+            error, tol = self.objective.error_from_residual, 0.5 * self.objective.tolerance
         settings = LMSettings(
-            tol=SOLVE_TOLERANCE * (1 + float(np.abs(fam.v0).max())),
-            error=objective.error_from_residual,
+            tol=float(tol),
+            error=error,
             max_iter=self.max_iter,
             restarts=self.restarts,
             deadline=self.deadline,
@@ -261,6 +266,13 @@ class Plan:
         out = levenberg_marquardt(residual, starts(b).to(torch.float64), settings, starts, lo, hi)
         exact &= out.converged.numpy()
         return Family.point(out.x.numpy())
+
+    def _is_objective(self, dst: str) -> bool:
+        """Whether the family asked of ``dst`` is exactly the objective's residual family."""
+        obj = self.objective
+        if obj.solve_on == "logits":
+            return dst == self.lm.logits_name
+        return dst == self.part.output and obj.transform in ("identity", "centre")
 
     def _submodel(self, src: str, dst: str) -> onnx.ModelProto:
         if src == self.part.input and dst == self.part.output:
