@@ -306,6 +306,7 @@ def rules(disable_plugins) -> None:
         versions = ",".join(str(e.version) for e in entries)
         exact = "yes" if rule.exact else "no"
         click.echo(f"{name:<28} {versions:<22} {rule.kind:<7} {exact:<5} {source}")
+        click.echo(f"    {rule.describe()}")
     click.echo("plugins: " + ", ".join(f"{k} ({v})" for k, v in reg.plugins.items()))
 
 

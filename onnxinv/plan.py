@@ -31,8 +31,6 @@ SOLVE_TOLERANCE = 1e-7  # max |residual| an intermediate LM solve aims for
 class FamilyObjective:
     """Residual of a sub-model's output against per-sample families ``v0[b] + V u``."""
 
-    kind = "family"
-
     def __init__(self, family: Family):
         self.v0 = family.v0
         self.V = family.V
@@ -306,7 +304,6 @@ class _ReachableStarts:
         self.plan, self.tensor, self.rng = plan, tensor, rng
         sub = _extract(plan.part.model, plan.part.input, tensor, symbolic_batch=False)
         self.session = _ort.session(sub.SerializeToString(), plan.device)
-        self.input_starts = None
 
     def __call__(self, k: int):
         import torch

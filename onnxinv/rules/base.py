@@ -152,6 +152,11 @@ class InverseRule(ABC):
     def __init__(self, ctx: NodeContext):
         self.ctx = ctx
 
+    @classmethod
+    def describe(cls) -> str:
+        """One line saying what the rule inverts (``onnxinv rules`` shows it)."""
+        return (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+
     @abstractmethod
     def forward(self, x: np.ndarray) -> np.ndarray:
         """The node's own computation on (B, *input_shape) values; numpy, float64."""
@@ -161,10 +166,6 @@ class InverseRule(ABC):
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """Elementwise bounds of the output for inputs in [lo, hi] (flat, per sample), or None."""
         return None
-
-    @classmethod
-    def describe(cls) -> str:
-        return (cls.__doc__ or cls.__name__).strip().splitlines()[0]
 
     def family(self, y: np.ndarray, max_condition: float = 100.0) -> Family:
         """All inputs that give outputs ``y`` (B, *output_shape), as a family."""
