@@ -168,7 +168,7 @@ class Plan:
                     s.margin,
                     self.ibp.get(step.output),
                 )
-                y, ok = collapse(fam, lo, hi, rng, s.std)
+                y, ok = collapse(fam, lo, hi, rng, s.std, self.deadline)
                 j = block.steps.index(step)
                 if (
                     self._bottom is not None
@@ -188,6 +188,7 @@ class Plan:
                         hi,
                         y,
                         rng,
+                        deadline=self.deadline,
                     )
                 exact &= ok & (fam.residual <= EXACT_RESIDUAL)
                 try:
@@ -292,7 +293,7 @@ class Plan:
                 fam = self._solve(block.input, block.output, fam, rng, exact)
         n = self.sizes[self.part.input]
         lo, hi = (np.full(n, v) for v in self.bounds) if self.bounds else box(None, n, 0.0)
-        x, ok = collapse(fam, lo, hi, rng, self.settings.std)
+        x, ok = collapse(fam, lo, hi, rng, self.settings.std, self.deadline)
         exact &= ok & (fam.residual <= EXACT_RESIDUAL)
         return PlanOutcome(x, exact)
 

@@ -20,6 +20,7 @@ lookahead that keeps greedy layer-by-layer choices out of dead ends.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,8 +83,13 @@ def collapse(
     hi: np.ndarray,
     rng: np.random.Generator,
     std: float,
+    deadline: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One point per sample of ``family`` inside [lo, hi]; returns (points, inside flags)."""
+    """One point per sample of ``family`` inside [lo, hi]; returns (points, inside flags).
+
+    After ``deadline`` (``time.monotonic()``), samples still needing an LP keep their clipped
+    proposal and are flagged outside.
+    """
     v0, V = family.v0, family.V
     b, k = v0.shape[0], V.shape[1]
     if k and np.isfinite(lo).all() and np.isfinite(hi).all():
@@ -121,6 +127,8 @@ def collapse(
     c = np.concatenate([np.zeros(k), np.ones(k), [-MARGIN_WEIGHT]])
     bounds = [(None, None)] * k + [(0, None)] * k + [(None, T_CAP)]
     for i in np.flatnonzero(~ok):
+        if deadline is not None and time.monotonic() > deadline:
+            break
         b_ub = np.concatenate(
             [v0[i, rows_lo] - lo[rows_lo], hi[rows_hi] - v0[i, rows_hi], u_r[i], -u_r[i]]
         )
@@ -176,6 +184,7 @@ def joint_collapse(
     y_init: np.ndarray,
     rng: np.random.Generator,
     iterations: int = 10,
+    deadline: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Choose points ``y`` of ``family`` such that ``inverse(y) = M x + c`` for some x in a box.
 
@@ -203,6 +212,8 @@ def joint_collapse(
     cost = np.concatenate([np.zeros(k + n), np.ones(2 * d), np.full(n, PULL_WEIGHT)])
     bounds = [(None, None)] * k + x_bounds + [(0, None)] * (2 * d + n)
     for i in range(b):
+        if deadline is not None and time.monotonic() > deadline:
+            break  # the rest keep their greedy points, flagged not ok
         z = rng.uniform(x_lo, x_hi)
         h, radius = y[i].copy(), 4.0
         for _ in range(iterations):
