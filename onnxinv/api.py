@@ -181,24 +181,15 @@ def invert(
     obj = objective_mod.build(lm, tgt, seed=seed)
     t_loaded = time.perf_counter()
 
-    from .residual import build_residual
-    from .solvers.lm import LMSettings
-
     notes: list[str] = []
     rng = np.random.default_rng(seed)
-    # Stop at half the tolerance: float32 rounding in the verification run must not tip a
-    # sample over it.
-    settings = LMSettings(
-        tol=0.5 * obj.tolerance,
-        error=obj.error_from_residual,
-        max_iter=max_iter,
-        restarts=restarts,
-        deadline=deadline,
-    )
     plan_info = None
     residual = None
     sources: set[str] = set()
     if method == "forward":
+        from .residual import build_residual
+
+        settings = _lm_settings(obj, max_iter, restarts, deadline)
         residual, note = build_residual(lm, obj, device=device)
         notes += [note] if note else []
         t_converted = time.perf_counter()
@@ -248,6 +239,9 @@ def invert(
             shaped = flat.reshape((samples, *lm.input_shape))
             pending = ~verify(lm, obj, shaped, box).verified
             if pending.any():
+                from .residual import build_residual
+
+                settings = _lm_settings(obj, max_iter, restarts, deadline)
                 residual, note = build_residual(lm, obj, device=device)
                 notes += [note] if note else []
                 _polish(residual, flat, iterations, methods, pending, rng, box, init_std, settings)
@@ -386,3 +380,18 @@ def _plugin_names(names) -> tuple[str, ...]:
     if not all(isinstance(n, str) and n for n in out):
         raise OptionError(f"disable_plugins must be plugin names, not {names!r}")
     return out
+
+
+def _lm_settings(obj, max_iter: int, restarts: int, deadline: float | None):
+    """LM settings for the whole-model residual (imports torch, so only when LM runs)."""
+    from .solvers.lm import LMSettings
+
+    # Stop at half the tolerance: float32 rounding in the verification run must not tip a
+    # sample over it.
+    return LMSettings(
+        tol=0.5 * obj.tolerance,
+        error=obj.error_from_residual,
+        max_iter=max_iter,
+        restarts=restarts,
+        deadline=deadline,
+    )
