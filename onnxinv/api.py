@@ -184,6 +184,7 @@ def invert(
     notes: list[str] = []
     rng = np.random.default_rng(seed)
     plan_info = None
+    check = pending = None
     residual = None
     sources: set[str] = set()
     if method == "forward":
@@ -236,8 +237,8 @@ def invert(
         notes += plan.notes
         sources = plan.jacobian_sources
         if method == "auto":
-            shaped = flat.reshape((samples, *lm.input_shape))
-            pending = ~verify(lm, obj, shaped, box).verified
+            check = verify(lm, obj, flat.reshape((samples, *lm.input_shape)), box)
+            pending = ~check.verified
             if pending.any():
                 from .residual import build_residual
 
@@ -249,7 +250,10 @@ def invert(
     t_solved = time.perf_counter()
 
     x = flat.reshape((samples, *lm.input_shape))
-    check = verify(lm, obj, x, box)
+    if check is None:
+        check = verify(lm, obj, x, box)
+    elif pending.any():  # only the samples the polish changed need another check
+        check.replace(pending, verify(lm, obj, x[pending], box))
     t_end = time.perf_counter()
 
     result = InversionResult(

@@ -315,22 +315,36 @@ def choose_output(model: onnx.ModelProto, name: str | None) -> str:
     return chosen
 
 
-def _extract(model: onnx.ModelProto, input_name: str, output_name: str, symbolic_batch: bool):
-    """The subgraph computing ``output_name`` from ``input_name`` (and constants only)."""
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with inferred shapes, or as it is when inference fails."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        return onnx.shape_inference.infer_shapes(model)
     except Exception:
-        inferred = model
+        return model
+
+
+def _extract(
+    model: onnx.ModelProto,
+    input_name: str,
+    output_name: str,
+    symbolic_batch: bool,
+    inferred: onnx.ModelProto | None = None,
+):
+    """The subgraph computing ``output_name`` from ``input_name`` (and constants only).
+
+    ``inferred`` is ``model`` with shapes already inferred, when the caller has it.
+    """
+    inferred = _infer(model) if inferred is None else inferred
     known = {vi.name for g in (inferred.graph.value_info, inferred.graph.input) for vi in g}
     known |= {vi.name for vi in inferred.graph.output}
     if output_name not in known:
         # Shape inference knows nothing of some operators' outputs (e.g. ai.onnx.ml's
         # Normalizer before a ZipMap); the Extractor needs a value_info for every output, and
         # onnxruntime infers the type of an untyped one.
-        if inferred is model:
-            inferred = onnx.ModelProto()
-            inferred.CopyFrom(model)
-        inferred.graph.value_info.append(onnx.ValueInfoProto(name=output_name))
+        typed = onnx.ModelProto()
+        typed.CopyFrom(inferred)  # the caller's model stays as it was
+        typed.graph.value_info.append(onnx.ValueInfoProto(name=output_name))
+        inferred = typed
     try:
         sub = onnx.utils.Extractor(inferred).extract_model([input_name], [output_name])
     except Exception as exc:
@@ -468,16 +482,17 @@ def load(
     opsets = {o.domain or "ai.onnx": int(o.version) for o in proto.opset_import}
 
     # Prune; try a symbolic batch dimension and keep it only if it computes the same thing.
-    plain = _extract(proto, vi_in.name, out_name, symbolic_batch=False)
+    inferred = _infer(proto)
+    plain = _extract(proto, vi_in.name, out_name, symbolic_batch=False, inferred=inferred)
     pruned, batched = plain, not isinstance(d0, int)
     if leading_batch and isinstance(d0, int):
-        candidate = _extract(proto, vi_in.name, out_name, symbolic_batch=True)
+        candidate = _extract(proto, vi_in.name, out_name, True, inferred=inferred)
         batched = _same_when_batched(
             plain, candidate, vi_in.name, out_name, fixed_shape, dtype, seed
         )
         if batched:
             pruned = candidate
-    tail, logits = _tail(onnx.shape_inference.infer_shapes(pruned), out_name)
+    tail, logits = _tail(_infer(pruned), out_name)
     lm = LoadedModel(
         original=proto,
         name=name,

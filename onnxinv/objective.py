@@ -152,9 +152,7 @@ def build(lm: LoadedModel, target: Target, seed: int = 0) -> Objective:
     space = output_space(lm, seed)
     logp = np.log(t)
     centred = logp - logp.mean()
-    if lm.tail is not None:
-        return Objective("distribution", space, "logits", t, centred, target.tolerance)
-    if space == "log-probabilities":
-        # A log-probability output is a logit vector up to a constant: centre it directly.
-        return Objective("distribution", space, "output", t, centred, target.tolerance)
-    return Objective("distribution", space, "output", t, centred, target.tolerance)
+    # Below a Softmax/LogSoftmax tail solve on its logits; a log-probability output is a logit
+    # vector up to a constant, and a probability output is matched in log space (see transform).
+    solve_on = "logits" if lm.tail is not None else "output"
+    return Objective("distribution", space, solve_on, t, centred, target.tolerance)

@@ -99,7 +99,9 @@ class Plan:
         if bounds is not None and first is not None and first.kind == "invertible":
             n = self.sizes[part.input]
             self.ibp = interval_bounds(first.steps, np.full(n, bounds[0]), np.full(n, bounds[1]))
-        self._residuals: dict[tuple[str, str], object] = {}
+        self._submodels: dict[tuple[str, str], onnx.ModelProto] = {}
+        self._modules: dict[tuple[str, str], object] = {}
+        self._runners: dict[tuple[str, str], object] = {}
         self.used_lm = False
         self.notes: list[str] = []
         self.jacobian_sources: set[str] = set()
@@ -204,7 +206,7 @@ class Plan:
 
     # -- LM on a sub-model ------------------------------------------------------------------------
     def _solve(self, src: str, dst: str, fam: Family, rng, exact) -> Family:
-        from .residual import FiniteDifferenceResidual, TorchResidual
+        from .residual import convert_or_note, make_residual
         from .solvers.forward import StartSampler
         from .solvers.lm import LMSettings, levenberg_marquardt
 
@@ -212,41 +214,23 @@ class Plan:
         b = len(fam.v0)
         objective = FamilyObjective(fam)
         key = (src, dst)
-        sub = self._submodel(src, dst)
+        if key not in self._modules:
+            self._modules[key], note = convert_or_note(self._submodel(src, dst))
+            self.notes += [note] if note else []
         batched = self.lm.batched
-        shape = (-1, *self.part.shapes[src]) if batched else (1, *self.part.shapes[src])
-        if key not in self._residuals:
-            from .convert import to_torch
-            from .errors import ConversionError
-
-            try:
-                self._residuals[key] = ("torch", to_torch(sub))
-            except ConversionError as exc:
-                self._residuals[key] = ("fd", _ort.session(sub.SerializeToString(), self.device))
-                note = str(exc)
-                if "finite differences" not in note:
-                    note += "; Jacobians will use finite differences"
-                self.notes.append(
-                    note + " through onnxruntime (slower: 2n model runs per Jacobian)"
-                )
-        kind, obj = self._residuals[key]
-        if kind == "torch":
-            residual = TorchResidual(obj, objective, shape, batched, device=self.device)
-        else:
-            sess = obj
-            in_name = sub.graph.input[0].name
-
-            def run(x: np.ndarray) -> np.ndarray:
-                return sess.run(None, {in_name: x.astype(np.float32)})[0]
-
-            residual = FiniteDifferenceResidual(run, objective, self.part.shapes[src])
+        sample = self.part.shapes[src]
+        shape = (-1, *sample) if batched else (1, *sample)
+        residual = make_residual(
+            self._modules[key], objective, self._runner(src, dst), sample, shape, batched,
+            self.device,
+        )  # fmt: skip
         self.jacobian_sources.add(residual.jacobian_source)
         at_input = src == self.part.input
         n = self.sizes[src]
         if at_input:
             starts = StartSampler(n, rng, self.bounds, self.init_std)
         else:
-            starts = _ReachableStarts(self, src, rng)
+            starts = _ReachableStarts(self, self._runner(self.part.input, src), rng)
         import torch
 
         lo, hi = self.bounds if (at_input and self.bounds is not None) else (None, None)
@@ -274,9 +258,31 @@ class Plan:
         return dst == self.part.output and obj.transform in ("identity", "centre")
 
     def _submodel(self, src: str, dst: str) -> onnx.ModelProto:
-        if src == self.part.input and dst == self.part.output:
-            return self.part.model
-        return _extract(self.part.model, src, dst, symbolic_batch=False)
+        """The graph from tensor ``src`` to tensor ``dst`` (cached: extraction infers shapes)."""
+        if (src, dst) not in self._submodels:
+            whole = src == self.part.input and dst == self.part.output
+            sub = self.part.model if whole else _extract(self.part.model, src, dst, False)
+            self._submodels[(src, dst)] = sub
+        return self._submodels[(src, dst)]
+
+    def _runner(self, src: str, dst: str):
+        """onnxruntime on the ``src`` → ``dst`` sub-model: (k, *shape of src) → (k, ...) values.
+
+        A model whose graph fixes a batch of one is run one sample at a time.
+        """
+        if (src, dst) not in self._runners:
+            sub = self._submodel(src, dst)
+            sess = _ort.session(sub.SerializeToString(), self.device)
+            name, dtype = sub.graph.input[0].name, self.lm.input_dtype
+
+            def run(x: np.ndarray) -> np.ndarray:
+                x = np.asarray(x, dtype=dtype)
+                if self.lm.batched:
+                    return sess.run(None, {name: x})[0]
+                return np.concatenate([sess.run(None, {name: xi[None]})[0] for xi in x])
+
+            self._runners[(src, dst)] = run
+        return self._runners[(src, dst)]
 
     # -- the whole plan ---------------------------------------------------------------------------
     def run(self, b: int, rng: np.random.Generator) -> PlanOutcome:
@@ -301,26 +307,15 @@ class Plan:
 class _ReachableStarts:
     """Starting values for an intermediate tensor: the model's own values on random inputs."""
 
-    def __init__(self, plan: Plan, tensor: str, rng: np.random.Generator):
-        self.plan, self.tensor, self.rng = plan, tensor, rng
-        sub = _extract(plan.part.model, plan.part.input, tensor, symbolic_batch=False)
-        self.session = _ort.session(sub.SerializeToString(), plan.device)
+    def __init__(self, plan: Plan, run, rng: np.random.Generator):
+        from .solvers.forward import StartSampler
+
+        lm = plan.lm
+        self.run, self.shape = run, lm.input_shape
+        self.sampler = StartSampler(lm.input_size, rng, plan.bounds, plan.init_std)
 
     def __call__(self, k: int):
         import torch
 
-        from .solvers.forward import StartSampler
-
-        lm = self.plan.lm
-        sampler = StartSampler(lm.input_size, self.rng, self.plan.bounds, self.plan.init_std)
-        x = sampler(k).numpy().reshape((k, *lm.input_shape)).astype(lm.input_dtype)
-        if lm.batched:
-            y = self.session.run(None, {lm.input_name: x})[0]
-        else:
-            y = np.concatenate(
-                [
-                    self.session.run(None, {lm.input_name: xi.reshape(lm.original_input_shape)})[0]
-                    for xi in x
-                ]
-            )
+        y = self.run(self.sampler(k).numpy().reshape((k, *self.shape)))
         return torch.from_numpy(y.reshape(k, -1).astype(np.float64))

@@ -147,30 +147,47 @@ class FiniteDifferenceResidual:
         return torch.as_tensor(r, dtype=x.dtype), torch.as_tensor(jac, dtype=x.dtype)
 
 
+def convert_or_note(onnx_model) -> tuple[torch.nn.Module | None, str | None]:
+    """The model converted for autograd, or None and a note that Jacobians use differences."""
+    from .convert import to_torch
+    from .errors import ConversionError
+
+    try:
+        return to_torch(onnx_model), None
+    except ConversionError as exc:
+        note = str(exc)
+        if "finite differences" not in note:
+            note += "; Jacobians will use finite differences"
+        return None, note + " through onnxruntime (slower: 2n model runs per Jacobian)"
+
+
+def make_residual(
+    module: torch.nn.Module | None,
+    objective,
+    run: Callable[[np.ndarray], np.ndarray],
+    sample_shape: tuple[int, ...],
+    model_input_shape: tuple[int, ...],
+    batched: bool,
+    device: str = "cpu",
+) -> Residual:
+    """Autograd on ``module`` when there is one, else finite differences through ``run``."""
+    if module is None:
+        return FiniteDifferenceResidual(run, objective, sample_shape)
+    return TorchResidual(module, objective, model_input_shape, batched, device=device)
+
+
 def build_residual(lm, objective: Objective, device: str = "cpu") -> tuple[Residual, str | None]:
     """The best residual provider for ``lm``: autograd on the converted model, else differences.
 
     Returns:
         The provider and, when it fell back to finite differences, a note saying why.
     """
-    from .convert import to_torch
-    from .errors import ConversionError
-
     onnx_model = lm.logits_model if objective.solve_on == "logits" else lm.pruned
     which = "logits" if objective.solve_on == "logits" else "pruned"
-    try:
-        module = to_torch(onnx_model)
-    except ConversionError as exc:
-        note = str(exc)
-        if "finite differences" not in note:
-            note += "; Jacobians will use finite differences"
-        note += " through onnxruntime (slower: 2n model runs per Jacobian)"
+    module, note = convert_or_note(onnx_model)
+    shape = (-1, *lm.input_shape) if lm.batched else lm.original_input_shape
 
-        def run(x: np.ndarray) -> np.ndarray:
-            return lm.run(x, which=which)
+    def run(x: np.ndarray) -> np.ndarray:
+        return lm.run(x, which=which)
 
-        return FiniteDifferenceResidual(run, objective, lm.input_shape), note
-    shape = lm.original_input_shape
-    if lm.batched:
-        shape = (-1, *lm.input_shape)
-    return TorchResidual(module, objective, shape, lm.batched, device=device), None
+    return make_residual(module, objective, run, lm.input_shape, shape, lm.batched, device), note

@@ -19,6 +19,11 @@ class Verification:
     errors: np.ndarray
     verified: np.ndarray
 
+    def replace(self, index: np.ndarray, other: Verification) -> None:
+        """Take ``other``'s results (a re-check of samples ``index``) in place."""
+        for name in ("inputs", "outputs", "errors", "verified"):
+            getattr(self, name)[index] = getattr(other, name)
+
 
 def verify(
     lm: LoadedModel,
