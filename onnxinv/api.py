@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 from . import model as model_mod
 from . import objective as objective_mod
-from .errors import OptionError, UnreachableTargetError
+from .budget import parse_memory
+from .errors import MemoryBudgetError, OptionError, UnreachableTargetError
 from .result import InversionResult
 from .target import Target
 from .verify import verify
@@ -45,6 +49,27 @@ def parse_bounds(bounds: Any) -> tuple[float, float] | None:
     if lo >= hi:
         raise OptionError(f"bounds need LO < HI, got {lo:g},{hi:g}")
     return lo, hi
+
+
+def parse_shape(shape: Any) -> tuple[int, ...] | None:
+    """Accept None, a sequence of ints or ``"1,3,224,224"``; -1 only first (a batch axis)."""
+    if shape is None:
+        return None
+    try:
+        dims = (
+            [int(p) for p in shape.replace("x", ",").split(",")]
+            if isinstance(shape, str)
+            else [int(d) for d in shape]
+        )
+    except (TypeError, ValueError):
+        raise OptionError(
+            f"input_shape must be integers such as 1,3,224,224, not {shape!r}"
+        ) from None
+    if not dims or any(d == 0 or d < -1 for d in dims) or -1 in dims[1:]:
+        raise OptionError(
+            f"input_shape must be positive integers (-1 allowed first only), not {shape!r}"
+        )
+    return tuple(dims)
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -113,6 +138,9 @@ def invert(
     max_condition: float = 100.0,
     std: float = 0.1,
     disable_plugins: tuple[str, ...] = (),
+    fixed: dict[str, Any] | None = None,
+    input_shape: tuple[int, ...] | str | None = None,
+    max_memory: int | str | None = None,
     registry=None,
     on_progress: Callable[[int], None] | None = None,
 ) -> InversionResult:
@@ -140,6 +168,13 @@ def invert(
         max_condition: singular values below σ_max / max_condition count as zero (backward).
         std: random free-direction vectors' norm relative to the particular solution (backward).
         disable_plugins: entry-point names of rule plugins to leave out.
+        fixed: other model inputs held at given values, ``{name: array}`` (any dtype: integer
+            token ids, shapes and masks too); the output may depend on them.
+        input_shape: the inverted input's full shape where the model leaves it open (a
+            missing shape, or symbolic dimensions); ``-1`` first keeps a batch axis.
+        max_memory: bytes (or a size such as ``"8G"``) the solvers may hold at once; larger
+            batches are solved in slices, and a step that cannot fit raises
+            :class:`MemoryBudgetError`. Default: half the memory available at the start.
         registry: a :class:`~onnxinv.rules.Registry` to use instead of the installed rules.
         on_progress: called with the number of samples that just finished.
 
@@ -150,6 +185,57 @@ def invert(
         OnnxInvError: a subclass naming the problem, for any bad argument, model or target;
             :class:`UnreachableTargetError` when no sample verified.
     """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = _invert(**_passed(locals()))
+        except UnreachableTargetError as exc:
+            if exc.result is not None:
+                exc.result.notes.extend(_warning_notes(caught))
+            raise
+    result.notes.extend(_warning_notes(caught))
+    return result
+
+
+def _passed(args: dict[str, Any]) -> dict[str, Any]:
+    """``invert``'s arguments (from its ``locals()``), passed on unchanged."""
+    return {k: v for k, v in args.items() if k in _INVERT_ARGS}
+
+
+def _warning_notes(caught: list[warnings.WarningMessage]) -> list[str]:
+    """Dependencies' warnings (onnx2torch, torch, onnx) as report notes, each once."""
+    seen: dict[str, None] = {}
+    for w in caught:
+        text = str(w.message).strip().splitlines()[0] if str(w.message).strip() else ""
+        seen.setdefault(f"warning ({w.category.__name__}): {text[:300]}", None)
+    return list(seen)[:20]
+
+
+def _invert(
+    model,
+    target,
+    *,
+    samples,
+    seed,
+    bounds,
+    method,
+    input,
+    output,
+    max_iter,
+    restarts,
+    device,
+    init_std,
+    chunk_size,
+    timeout,
+    max_condition,
+    std,
+    disable_plugins,
+    fixed,
+    input_shape,
+    max_memory,
+    registry,
+    on_progress,
+) -> InversionResult:
     t_start = time.perf_counter()
     _validate(
         samples,
@@ -169,6 +255,7 @@ def invert(
         if value is not None and not (isinstance(value, str) and value):
             raise OptionError(f"{name} must be a tensor name (a non-empty string), not {value!r}")
     disable_plugins = _plugin_names(disable_plugins)
+    budget = parse_memory(max_memory)
     box = parse_bounds(bounds)
     tgt = Target.coerce(target)
     if device == "cuda":
@@ -177,27 +264,28 @@ def invert(
         if not torch.cuda.is_available():
             raise OptionError("device 'cuda' requested but torch sees no CUDA device")
 
-    lm = model_mod.load(model, input=input, output=output or tgt.output, device=device, seed=seed)
+    lm = model_mod.load(
+        model,
+        input=input,
+        output=output or tgt.output,
+        device=device,
+        seed=seed,
+        fixed=fixed,
+        input_shape=parse_shape(input_shape),
+    )
     obj = objective_mod.build(lm, tgt, seed=seed)
     t_loaded = time.perf_counter()
 
-    notes: list[str] = []
+    notes: list[str] = list(lm.notes)
     rng = np.random.default_rng(seed)
+    run = _MethodRun(
+        lm, obj, method, rng, box, init_std, chunk_size, device, notes,
+        lambda: _lm_settings(obj, max_iter, restarts, deadline, budget), deadline,
+    )  # fmt: skip
     plan_info = None
-    check = pending = None
-    residual = None
-    sources: set[str] = set()
-    if method == "forward":
-        from .residual import build_residual
-
-        settings = _lm_settings(obj, max_iter, restarts, deadline)
-        residual, note = build_residual(lm, obj, device=device)
-        notes += [note] if note else []
-        t_converted = time.perf_counter()
-        flat, iterations, methods = _forward(
-            residual, samples, rng, box, init_std, settings, chunk_size, on_progress
-        )
-    else:
+    if run.expired():
+        pass  # loading used the whole timeout: solve() returns random starts, flagged
+    elif method != "forward":
         from .graph import describe, partition
         from .plan import Plan
         from .rules import default_registry
@@ -211,8 +299,8 @@ def invert(
                 + ", ".join(sorted(reg.plugins))
             )
         part = partition(lm, reg, seed)
-        plan_info = [line.strip() for line in describe(part)]
-        plan = Plan(
+        plan_info = [line.strip() for line in describe(part, max_condition)]
+        run.plan = Plan(
             lm,
             part,
             obj,
@@ -223,38 +311,19 @@ def invert(
             max_iter,
             restarts,
             deadline,
+            max_memory=budget,
         )
-        t_converted = time.perf_counter()
-        chunks = []
-        for first in range(0, samples, chunk_size):
-            k = min(chunk_size, samples - first)
-            chunks.append(plan.run(k, rng).x)
-            if on_progress is not None:
-                on_progress(k)
-        flat = np.concatenate(chunks)
-        iterations = np.zeros(samples, dtype=np.int64)
-        methods = ["backward+lm" if plan.used_lm else "backward"] * samples
-        notes += plan.notes
-        sources = plan.jacobian_sources
-        if method == "auto":
-            check = verify(lm, obj, flat.reshape((samples, *lm.input_shape)), box)
-            pending = ~check.verified
-            if pending.any():
-                from .residual import build_residual
-
-                settings = _lm_settings(obj, max_iter, restarts, deadline)
-                residual, note = build_residual(lm, obj, device=device)
-                notes += [note] if note else []
-                _polish(residual, flat, iterations, methods, pending, rng, box, init_std, settings)
+    else:
+        run.residual_provider()
+    t_converted = time.perf_counter()
+    check, iterations, methods = run.solve(samples, on_progress)
+    check, iterations, methods = _distinct(run, check, iterations, methods, deadline, notes)
     timed_out = deadline is not None and time.monotonic() > deadline
-    t_solved = time.perf_counter()
-
-    x = flat.reshape((samples, *lm.input_shape))
-    if check is None:
-        check = verify(lm, obj, x, box)
-    elif pending.any():  # only the samples the polish changed need another check
-        check.replace(pending, verify(lm, obj, x[pending], box))
-    t_end = time.perf_counter()
+    t_solved = t_end = time.perf_counter()
+    sources = run.plan.jacobian_sources if run.plan is not None else set()
+    if run.plan is not None:
+        notes += [n for n in run.plan.notes if n not in notes]
+    residual = run.residual
 
     result = InversionResult(
         inputs=check.inputs.astype(np.float32),
@@ -282,6 +351,10 @@ def invert(
             "max_condition": max_condition,
             "std": std,
             "disabled_plugins": list(disable_plugins),
+            "fixed": {
+                k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in lm.fixed.items()
+            },
+            "input_shape": list(input_shape) if input_shape is not None else None,
         },
         model={
             "name": lm.name,
@@ -297,7 +370,7 @@ def invert(
         timings={
             "load": t_loaded - t_start,
             "convert": t_converted - t_loaded,
-            "solve": t_solved - t_converted,
+            "solve": t_solved - t_converted,  # verification included
             "verify": t_end - t_solved,
             "total": t_end - t_start,
         },
@@ -326,45 +399,177 @@ def invert(
     return result
 
 
-def _forward(residual, samples, rng, box, init_std, settings, chunk_size, on_progress):
-    """LM on the whole model from random starts: (flat inputs, iterations, per-sample paths)."""
-    from .solvers.forward import StartSampler, solve_forward
+class _MethodRun:
+    """One method on one model and target: ``solve(k)`` returns k verified-or-flagged samples.
 
-    starts = StartSampler(residual.n, rng, box, init_std)
-    sol = solve_forward(residual, samples, starts, settings, chunk_size, on_progress)
-    return sol.x, sol.iterations, ["forward"] * samples
+    ``plan`` is set for the backward and auto methods; the whole-model residual (torch or
+    finite differences) and the LM settings (which import torch) are built on first use.
+    """
+
+    def __init__(
+        self, lm, obj, method, rng, box, init_std, chunk_size, device, notes, settings, deadline
+    ):
+        self.lm, self.obj, self.method, self.rng = lm, obj, method, rng
+        self.box, self.init_std, self.chunk_size, self.device = box, init_std, chunk_size, device
+        self.notes, self._settings, self.deadline = notes, settings, deadline
+        self.plan = None
+        self.residual = None
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    @cached_property
+    def settings(self):
+        return self._settings()
+
+    def residual_provider(self):
+        if self.residual is None:
+            from .residual import build_residual
+
+            self.residual, note = build_residual(self.lm, self.obj, device=self.device)
+            self.notes += [note] if note else []
+        return self.residual
+
+    def starts(self):
+        from .solvers.forward import StartSampler
+
+        return StartSampler(self.lm.input_size, self.rng, self.box, self.init_std)
+
+    def solve(self, k: int, on_progress=None, fresh: bool = False):
+        """(verification, iterations, per-sample paths) for ``k`` new samples.
+
+        ``fresh``: under ``auto``, start from random points (the forward pass) instead of the
+        plan, whose choices may be deterministic.
+        """
+        lm, obj, box = self.lm, self.obj, self.box
+        if self.expired() or (self.plan is None and self.method != "forward"):
+            # Out of time before solving started: random starts, verified like any sample.
+            x = self.starts()(k).numpy().reshape((k, *lm.input_shape))
+            return verify(lm, obj, x, box), np.zeros(k, dtype=np.int64), ["timed out"] * k
+        if self.method == "forward" or (fresh and self.method == "auto"):
+            from .solvers.forward import solve_forward
+
+            sol = solve_forward(
+                self.residual_provider(), k, self.starts(), self.settings, self.chunk_size,
+                on_progress,
+            )  # fmt: skip
+            x = sol.x.reshape((k, *lm.input_shape))
+            return verify(lm, obj, x, box), sol.iterations, ["forward"] * k
+        chunks = []
+        try:
+            for first in range(0, k, self.chunk_size):
+                size = min(self.chunk_size, k - first)
+                chunks.append(self.plan.run(size, self.rng).x)
+                if on_progress is not None:
+                    on_progress(size)
+        except MemoryBudgetError as exc:
+            if self.method != "auto":
+                raise
+            # A block's LM (its outputs × its inputs) does not fit where the whole model's
+            # may (fewer outputs): solve the whole model instead.
+            self.notes.append(f"the plan was abandoned ({exc}); the forward pass solved instead")
+            self.method = "forward"
+            return self.solve(k, on_progress)
+        flat = np.concatenate(chunks)
+        iterations = np.zeros(k, dtype=np.int64)
+        methods = ["backward+lm" if self.plan.used_lm else "backward"] * k
+        check = verify(lm, obj, flat.reshape((k, *lm.input_shape)), box)
+        pending = ~check.verified
+        if self.method == "auto" and pending.any():
+            self._polish(flat, iterations, methods, pending)
+            x = flat.reshape((k, *lm.input_shape))
+            check.replace(pending, verify(lm, obj, x[pending], box))
+        return check, iterations, methods
+
+    def _polish(self, x, iterations, methods, pending) -> None:
+        """LM from the plan's points for unverified samples, then fresh starts; in place."""
+        import dataclasses
+
+        import torch
+
+        from .solvers.lm import levenberg_marquardt
+
+        residual, settings = self.residual_provider(), self.settings
+        lo, hi = self.box if self.box is not None else (None, None)
+        starts = self.starts()
+        idx = np.flatnonzero(pending)
+        x0 = torch.from_numpy(x[idx].astype(np.float64))
+        if self.box is not None:
+            x0 = x0.clamp(lo, hi)
+        once = dataclasses.replace(settings, restarts=0)
+        polish = levenberg_marquardt(residual, x0, once, starts, lo, hi)
+        converged = polish.converged.numpy()
+        x[idx] = polish.x.numpy()
+        iterations[idx] += polish.iterations.numpy()
+        for i in idx[converged]:
+            methods[i] += "+polish"
+        rest = idx[~converged]
+        if rest.size:
+            fresh = levenberg_marquardt(residual, starts(len(rest)), settings, starts, lo, hi)
+            better = fresh.residual.numpy() < polish.residual.numpy()[~converged]
+            x[rest[better]] = fresh.x.numpy()[better]
+            iterations[rest] += fresh.iterations.numpy()
+            for i in rest[better]:
+                methods[i] = "forward"
 
 
-def _polish(residual, x, iterations, methods, pending, rng, box, init_std, settings) -> None:
-    """LM from the plan's points for unverified samples, then fresh starts; updates in place."""
-    import dataclasses
+def duplicate_rows(x: np.ndarray, rel: float = 1e-3) -> np.ndarray:
+    """(N,) mask of samples that repeat an earlier one.
 
-    import torch
+    Two samples repeat each other when no value differs by more than ``rel`` times the largest
+    magnitude among the samples (at least 1): solvers stop within a tolerance, so two runs to
+    the same preimage rarely agree to the last bit. Candidates are found by sorting a random
+    projection, so well-spread samples cost O(N log N).
+    """
+    flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    dup = np.zeros(len(flat), dtype=bool)
+    if len(flat) < 2:
+        return dup
+    tol = rel * max(1.0, float(np.nanmax(np.abs(flat))) if np.isfinite(flat).any() else 1.0)
+    r = np.random.default_rng(0).standard_normal(flat.shape[1])
+    p = np.nan_to_num(flat @ r)
+    order = np.argsort(p, kind="stable")
+    bound = tol * np.abs(r).sum()
+    close = np.flatnonzero(np.diff(p[order]) <= bound)
+    for a in close:  # only runs of nearby projections are compared exactly
+        b = a + 1
+        while b < len(order) and p[order[b]] - p[order[a]] <= bound:
+            i, j = order[a], order[b]
+            if np.max(np.abs(flat[i] - flat[j])) <= tol:
+                dup[max(i, j)] = True  # the later sample is the repeat
+            b += 1
+    return dup
 
-    from .solvers.forward import StartSampler
-    from .solvers.lm import levenberg_marquardt
 
-    lo, hi = box if box is not None else (None, None)
-    starts = StartSampler(residual.n, rng, box, init_std)
-    idx = np.flatnonzero(pending)
-    x0 = torch.from_numpy(x[idx].astype(np.float64))
-    if box is not None:
-        x0 = x0.clamp(lo, hi)
-    once = dataclasses.replace(settings, restarts=0)
-    polish = levenberg_marquardt(residual, x0, once, starts, lo, hi)
-    converged = polish.converged.numpy()
-    x[idx] = polish.x.numpy()
-    iterations[idx] += polish.iterations.numpy()
-    for i in idx[converged]:
-        methods[i] += "+polish"
-    rest = idx[~converged]
-    if rest.size:
-        fresh = levenberg_marquardt(residual, starts(len(rest)), settings, starts, lo, hi)
-        better = fresh.residual.numpy() < polish.residual.numpy()[~converged]
-        x[rest[better]] = fresh.x.numpy()[better]
-        iterations[rest] += fresh.iterations.numpy()
-        for i in rest[better]:
-            methods[i] = "forward"
+def _distinct(run, check, iterations, methods, deadline, notes):
+    """Replace samples identical to an earlier one by new draws; drop those that stay equal.
+
+    Two equal samples are one preimage counted twice. They are solved once more (fresh random
+    choices); what is still a duplicate then (a target whose preimage is a single point, as for
+    a bijective model and an exact target) is dropped, and a note says how many are distinct.
+    """
+    dup = duplicate_rows(check.inputs)
+    if dup.any() and not (deadline is not None and time.monotonic() > deadline):
+        idx = np.flatnonzero(dup)
+        again, its, paths = run.solve(len(idx), fresh=True)
+        # A new draw replaces a repeat unless it failed where the repeat was verified.
+        take = again.verified | ~check.verified[idx]
+        check.replace(idx[take], again.subset(take))
+        iterations[idx[take]] = its[take]
+        for i, path in zip(idx[take], np.asarray(paths)[take], strict=True):
+            methods[i] = str(path)
+        dup = duplicate_rows(check.inputs)
+    if dup.any():
+        keep = ~dup
+        notes.append(
+            f"only {int(keep.sum())} of {len(keep)} samples are distinct (the others repeated "
+            "one of them even after new random choices: this target's preimage may be a "
+            "single point); the repeats were dropped"
+        )
+        check = check.subset(keep)
+        iterations = iterations[keep]
+        methods = [m for m, k in zip(methods, keep, strict=True) if k]
+    return check, iterations, methods
 
 
 def _jacobians(residual, plan_sources: set[str]) -> str:
@@ -386,7 +591,7 @@ def _plugin_names(names) -> tuple[str, ...]:
     return out
 
 
-def _lm_settings(obj, max_iter: int, restarts: int, deadline: float | None):
+def _lm_settings(obj, max_iter: int, restarts: int, deadline: float | None, budget: int):
     """LM settings for the whole-model residual (imports torch, so only when LM runs)."""
     from .solvers.lm import LMSettings
 
@@ -398,4 +603,8 @@ def _lm_settings(obj, max_iter: int, restarts: int, deadline: float | None):
         max_iter=max_iter,
         restarts=restarts,
         deadline=deadline,
+        max_memory=budget,
     )
+
+
+_INVERT_ARGS = tuple(inspect.signature(invert).parameters)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from collections import Counter
 from pathlib import Path
 
@@ -37,15 +38,19 @@ def _guard(fn):
         except KeyboardInterrupt:
             _fail("interrupted; nothing was written", EXIT_INTERRUPTED)
         except (OnnxInvError, RuntimeMissingError) as exc:
+            if os.environ.get("ONNXINV_DEBUG"):
+                traceback.print_exc()
             _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         except MemoryError:
-            _fail("out of memory: lower --chunk-size or --samples")
+            if os.environ.get("ONNXINV_DEBUG"):
+                raise
+            _fail("out of memory: lower --max-memory, --chunk-size or --samples")
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if os.environ.get("ONNXINV_DEBUG"):
                 raise
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             _fail(
-                f"internal error ({type(exc).__name__}: {text}); set ONNXINV_DEBUG=1 for a "
+                f"internal error ({type(exc).__name__}: {text}); run with --debug for a "
                 "traceback and please report it"
             )
 
@@ -69,10 +74,55 @@ class _OneLineGroup(click.Group):
         sys.exit(rv if isinstance(rv, int) else EXIT_OK)
 
 
+def _debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        os.environ["ONNXINV_DEBUG"] = "1"
+
+
+_DEBUG = click.option(
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_debug,
+    help="Show the traceback behind an error (also ONNXINV_DEBUG=1).",
+)
+
+
 @click.group(cls=_OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="onnxinv")
+@_DEBUG
 def main() -> None:
     """Invert ONNX models: find many inputs that produce a target output, verified in onnxruntime."""
+
+
+def _fixed_values(pairs: tuple[str, ...]) -> dict:
+    """``--fix NAME=FILE`` pairs as {name: array}; FILE is .npy or a serialized TensorProto."""
+    import numpy as np
+
+    from .errors import OptionError
+
+    fixed = {}
+    for pair in pairs:
+        name, sep, file = pair.partition("=")
+        if not sep or not name or not file:
+            raise OptionError(f"--fix needs NAME=FILE (.npy or .pb), not {pair!r}")
+        path = Path(file)
+        if not path.is_file():
+            raise OptionError(f"--fix {name}: file not found: {path}")
+        try:
+            if path.suffix == ".pb":
+                import onnx
+
+                tensor = onnx.TensorProto()
+                tensor.ParseFromString(path.read_bytes())
+                fixed[name] = onnx.numpy_helper.to_array(tensor)
+            else:
+                fixed[name] = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OptionError(f"--fix {name}: cannot read {path} ({text})") from None
+    return fixed
 
 
 @main.command()
@@ -157,8 +207,24 @@ def main() -> None:
     metavar="NAME",
     help="Leave out a rule plugin (repeatable; also ONNXINV_DISABLE_PLUGINS=a,b).",
 )
+@click.option(
+    "--fix",
+    "fix",
+    multiple=True,
+    metavar="NAME=FILE",
+    help="Hold another input at a value from FILE (.npy or TensorProto .pb); repeatable.",
+)
+@click.option(
+    "--input-shape",
+    help="The inverted input's full shape where the model leaves it open, e.g. 1,3,224,224.",
+)
+@click.option(
+    "--max-memory",
+    help="Memory the solvers may hold at once, e.g. 8G [default: half the available memory].",
+)
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@_DEBUG
 @_guard
 def run(
     model,
@@ -179,6 +245,9 @@ def run(
     max_condition,
     std,
     disable_plugins,
+    fix,
+    input_shape,
+    max_memory,
     device,
     quiet,
 ) -> None:
@@ -188,6 +257,7 @@ def run(
     from .target import Target
 
     target = Target.from_file(target_path)
+    fixed = _fixed_values(fix)
     dest = out if out is not None else Path("runs") / Path(model).stem
     check_destination(dest, overwrite)
     bar = None
@@ -214,6 +284,9 @@ def run(
             max_condition=max_condition,
             std=std,
             disable_plugins=tuple(disable_plugins),
+            fixed=fixed,
+            input_shape=input_shape,
+            max_memory=max_memory,
             on_progress=bar.update if bar is not None else None,
         )
     finally:
@@ -243,13 +316,19 @@ _DISABLE = click.option(
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
+@click.option("--input", "input_name", help="Input to invert, when there are several.")
+@click.option("--output", "output_name", help="Output to match, when there are several.")
+@click.option("--fix", multiple=True, metavar="NAME=FILE", help="Hold another input (repeatable).")
+@click.option("--input-shape", help="The inverted input's full shape, where the model leaves it.")
 @_DISABLE
+@_DEBUG
 @_guard
-def inspect(model, disable_plugins) -> None:
+def inspect(model, input_name, output_name, fix, input_shape, disable_plugins) -> None:
     """Show MODEL's inputs, outputs, opsets and operators, and what onnxinv would invert."""
     from . import model as model_mod
+    from .api import parse_shape
 
-    proto, name = model_mod.read_model(model)
+    proto, name, notes = model_mod.read_model(model)
     inits = {i.name for i in proto.graph.initializer}
     click.echo(f"model: {name}  (ir {proto.ir_version}, producer {proto.producer_name or '?'})")
     click.echo(
@@ -264,8 +343,16 @@ def inspect(model, disable_plugins) -> None:
         click.echo(f"  {vi.name}: {_type_str(vi)}")
     ops = Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in proto.graph.node)
     click.echo("operators: " + ", ".join(f"{k} x{v}" if v > 1 else k for k, v in ops.items()))
+    for note in notes:
+        click.echo(f"note: {note}")
     try:
-        lm = model_mod.load(proto)
+        lm = model_mod.load(
+            proto,
+            input=input_name,
+            output=output_name,
+            fixed=_fixed_values(fix),
+            input_shape=parse_shape(input_shape),
+        )
     except Exception as exc:  # report, do not fail: inspect is for diagnosing
         click.echo(f"default choice: none ({str(exc).splitlines()[0]})")
         return

@@ -52,6 +52,10 @@ class UnreachableTargetError(OnnxInvError):
         self.best_error = best_error
 
 
+class MemoryBudgetError(OnnxInvError):
+    """A step would need more memory than the budget (``--max-memory``) allows."""
+
+
 class OutputExistsError(OptionError):
     """The output folder exists and is not empty, and overwriting was not requested."""
 

@@ -145,9 +145,9 @@ def partition(lm: LoadedModel, registry: Registry, seed: int = 0) -> Partition:
     """Partition ``lm.pruned`` into blocks using the rules of ``registry``."""
     model = lm.pruned
     x, y = lm.input_name, lm.output_name
-    batched = len(lm.original_input_shape) == len(lm.input_shape) + 1
+    batched = lm.batch_axis
     rng = np.random.default_rng(seed + 3)
-    feed = rng.random(lm.original_input_shape).astype(lm.input_dtype)
+    feed = rng.random(lm.run_shape).astype(lm.input_dtype)
     values = _ort.all_values(model, {x: feed})
     values[x] = feed
     for init in model.graph.initializer:

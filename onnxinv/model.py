@@ -8,16 +8,18 @@ ends in Softmax/LogSoftmax, the name of the logits tensor the solvers match inst
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from . import _ort
-from .errors import ModelError
+from . import _ort, repair
+from .errors import ModelError, OptionError
 
 FLOAT_TYPES = {
     TensorProto.FLOAT: np.float32,
@@ -33,22 +35,34 @@ ModelLike = str | os.PathLike | bytes | onnx.ModelProto
 class LoadedModel:
     """A model ready for inversion.
 
+    A *sample* is one full value of the chosen input, of shape ``input_shape``: the input's
+    declared shape, without its leading dimension only when that dimension is symbolic (the one
+    batch axis onnxinv may use). Internally samples are run in batches where the graph allows.
+
     Attributes:
-        original: the model as given (checked), used for verification.
+        original: the model onnxruntime verifies on: as given, or repaired/upgraded as the
+            ``notes`` say.
         name: a short name (file stem) for reports and default output folders.
         input_name: the graph input being inverted.
         output_name: the graph output being matched.
-        input_shape: shape of one sample (without the batch dimension).
-        output_shape: shape of one sample's output.
+        input_shape: shape of one sample.
+        output_shape: shape of one sample's output (the original model's, as run on it).
         input_dtype: numpy dtype the model expects.
-        pruned: the graph cut down to ``input_name -> output_name``, batch dimension symbolic
-            when that could be done safely (``batched``).
-        batched: whether ``pruned`` accepts a batch of samples in one run.
+        pruned: the graph cut down to ``input_name -> output_name``, fixed inputs baked in as
+            constants, batch dimension symbolic when that could be done safely (``batched``).
+        unit_shape: one sample's shape along the pruned model's batch axis.
+        run_shape: the pruned model's input shape for one sample (``(1, *unit_shape)`` when it
+            has a batch axis, else ``input_shape``).
+        batch_axis: whether the pruned model's input has a leading batch axis (of size 1 for
+            one sample); rules treat it as the batch dimension.
+        batched: whether ``pruned`` accepts several samples stacked on that axis in one run.
         original_batched: whether ``original`` accepts a batch of samples in one run.
+        fixed: other graph inputs held at given values (fed to ``original`` as they are).
         tail: ``"Softmax"``/``"LogSoftmax"`` when the output is produced by one over its last
             axis, else ``None``.
         logits_name: the tail's input tensor (logits), when ``tail`` is set.
         opsets: domain → opset version.
+        notes: what was repaired or decided on loading, for the report.
     """
 
     original: onnx.ModelProto
@@ -59,12 +73,15 @@ class LoadedModel:
     output_shape: tuple[int, ...]
     input_dtype: np.dtype
     pruned: onnx.ModelProto
+    unit_shape: tuple[int, ...]
+    batch_axis: bool
     batched: bool
     original_batched: bool
-    original_input_shape: tuple[int, ...]
     tail: str | None
     logits_name: str | None
     opsets: dict[str, int]
+    fixed: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
     device: str = "cpu"
     _sessions: dict = field(default_factory=dict, repr=False)
 
@@ -76,14 +93,29 @@ class LoadedModel:
     def output_size(self) -> int:
         return int(np.prod(self.output_shape))
 
+    @property
+    def run_shape(self) -> tuple[int, ...]:
+        return (1, *self.unit_shape) if self.batch_axis else tuple(self.input_shape)
+
+    def feed_shape(self, sample_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape one sample of a pruned-graph tensor of ``sample_shape`` is fed with."""
+        return (1, *sample_shape) if self.batch_axis else tuple(sample_shape)
+
+    def stack(self, ys: list[np.ndarray]) -> np.ndarray:
+        """Per-sample outputs of the pruned graph as one (k, ...) array."""
+        if self.batch_axis and all(y.ndim and y.shape[0] == 1 for y in ys):
+            return np.concatenate(ys)
+        return np.stack(ys)
+
     def session(self, which: str = "pruned"):
         """A cached onnxruntime session on the ``pruned``, ``original`` or ``logits`` model."""
         if which not in self._sessions:
-            model = {"pruned": self.pruned, "original": self.original}.get(which)
             if which == "original":
                 model = _exposing(self.original, self.output_name)
-            if which == "logits":
+            elif which == "logits":
                 model = self.logits_model
+            else:
+                model = self.pruned
             self._sessions[which] = _ort.session(model.SerializeToString(), self.device)
         return self._sessions[which]
 
@@ -95,45 +127,64 @@ class LoadedModel:
         return _extract(self.pruned, self.input_name, self.logits_name, symbolic_batch=False)
 
     def run(self, x: np.ndarray, which: str = "pruned") -> np.ndarray:
-        """Run ``x`` of shape (N, *input_shape) and return (N, *output_shape) outputs.
+        """Run ``k`` samples ``x`` (k, *input_shape), or flat (k, n), and return (k, ...) outputs.
 
-        ``which="original"`` runs the model exactly as given: this is the verification path.
+        ``which="original"`` runs the model exactly as given (with the fixed inputs): this is
+        the verification path, and its outputs have shape (k, *output_shape).
         """
         x = np.asarray(x, dtype=self.input_dtype)
-        batched = self.original_batched if which == "original" else self.batched
+        k = len(x)
         sess = self.session(which)
-        out_name = self.logits_name if which == "logits" else self.output_name
-        others = {}
         if which == "original":
-            others = _fillers(self.original, self.input_name, len(x) if batched else 1)
-        if batched:
-            feed = x.reshape((x.shape[0], *self.original_input_shape[1:]))
-            return sess.run([out_name], {self.input_name: feed, **others})[0]
-        ys = [
-            sess.run(
-                [out_name], {self.input_name: xi.reshape(self.original_input_shape), **others}
-            )[0]
-            for xi in x
-        ]
-        return np.stack(
-            [y.reshape(_per_sample_fixed(y.shape, self.original_input_shape)) for y in ys]
+            feeds = {**_fillers(self.original, self.input_name, self.fixed), **self.fixed}
+            if self.original_batched:
+                ys = [
+                    sess.run([self.output_name], {self.input_name: part, **feeds})[0]
+                    for part in _chunks(x.reshape((k, *self.input_shape)))
+                ]
+                return np.concatenate(ys).reshape((k, *self.output_shape))
+            shape = (1, *self.input_shape) if self.original_batch_dim else self.input_shape
+            ys = [
+                sess.run([self.output_name], {self.input_name: xi.reshape(shape), **feeds})[0]
+                for xi in x
+            ]
+            return np.stack([np.asarray(y).reshape(self.output_shape) for y in ys])
+        out_name = self.logits_name if which == "logits" else self.output_name
+        if self.batched:
+            ys = [
+                sess.run([out_name], {self.input_name: part})[0]
+                for part in _chunks(x.reshape((k, *self.unit_shape)))
+            ]
+            return np.concatenate(ys)
+        return self.stack(
+            [sess.run([out_name], {self.input_name: xi.reshape(self.run_shape)})[0] for xi in x]
         )
 
+    @property
+    def original_batch_dim(self) -> bool:
+        """Whether the original input's leading dimension is a symbolic batch dimension."""
+        return len(self.run_shape) == len(self.input_shape) + 1
 
-def _fillers(model: onnx.ModelProto, chosen: str, batch: int) -> dict[str, np.ndarray]:
-    """Zeros for the graph inputs other than ``chosen``.
+
+def _chunks(x: np.ndarray, rows: int = 4096):
+    """``x`` in slices of at most ``rows`` samples (bounds onnxruntime's working memory)."""
+    for i in range(0, len(x), rows):
+        yield x[i : i + rows]
+
+
+def _fillers(
+    model: onnx.ModelProto, chosen: str, fixed: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Zeros for the graph inputs other than ``chosen`` and the fixed ones.
 
     onnxruntime wants every graph input fed even when the requested output does not depend on
     it; ``_extract`` has checked that the chosen output does not, so their values are irrelevant.
     """
     feed = {}
     for vi in graph_inputs(model):
-        if vi.name == chosen or not vi.type.HasField("tensor_type"):
+        if vi.name == chosen or vi.name in fixed or not vi.type.HasField("tensor_type"):
             continue
-        shape = [
-            d if isinstance(d, int) and d > 0 else (batch if i == 0 else 1)
-            for i, d in enumerate(_dims(vi))
-        ]
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in _dims(vi)]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
         feed[vi.name] = (
             np.full(shape, "", dtype=object)
@@ -157,15 +208,12 @@ def _exposing(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     return copy
 
 
-def _per_sample_fixed(shape: tuple[int, ...], input_shape: tuple[int, ...]) -> tuple[int, ...]:
-    # A model run one sample at a time with a leading batch of 1 drops that 1 from its output.
-    if len(input_shape) >= 2 and input_shape[0] == 1 and len(shape) >= 1 and shape[0] == 1:
-        return tuple(shape[1:])
-    return tuple(shape)
+def read_model(model: ModelLike) -> tuple[onnx.ModelProto, str, list[str]]:
+    """Read a path, bytes or ModelProto into a checked ModelProto, a short name and notes.
 
-
-def read_model(model: ModelLike) -> tuple[onnx.ModelProto, str]:
-    """Read a path, bytes or ModelProto into a checked ModelProto and a short name."""
+    Safe repairs (topological order, old-IR initializers) are made on a copy and described in
+    the notes; a checker complaint that onnxruntime does not share becomes a note too.
+    """
     if isinstance(model, onnx.ModelProto):
         proto, name = model, (model.graph.name or "model")
     elif isinstance(model, bytes | bytearray):
@@ -211,16 +259,13 @@ def read_model(model: ModelLike) -> tuple[onnx.ModelProto, str]:
         )
     if not proto.graph.node:
         raise ModelError(f"model {name!r} has no nodes")
-    try:
-        onnx.checker.check_model(proto)
-    except Exception as exc:
-        raise ModelError(f"model {name!r} fails the ONNX checker: {_first_line(exc)}") from None
-    return proto, name
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)  # repairs never touch the caller's model
+    notes = repair.check(copy, name)
+    return copy, name, notes
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+_first_line = repair.first_line
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
@@ -251,12 +296,17 @@ def _describe_type(vi: onnx.ValueInfoProto) -> str:
     return vi.type.WhichOneof("value") or "unknown"
 
 
-def choose_input(model: onnx.ModelProto, name: str | None) -> onnx.ValueInfoProto:
-    """The graph input to invert: ``name``, or the single float input."""
+def choose_input(
+    model: onnx.ModelProto, name: str | None, fixed: Iterable[str] = ()
+) -> onnx.ValueInfoProto:
+    """The graph input to invert: ``name``, or the single float input not held ``fixed``."""
     inputs = graph_inputs(model)
+    fixed = set(fixed)
     if name is not None:
         for vi in inputs:
             if vi.name == name:
+                if name in fixed:
+                    raise OptionError(f"input {name!r} is both inverted and held fixed")
                 if not _is_float_tensor(vi):
                     raise ModelError(
                         f"input {name!r} is {_describe_type(vi)}: only continuous (float) inputs "
@@ -266,19 +316,64 @@ def choose_input(model: onnx.ModelProto, name: str | None) -> onnx.ValueInfoProt
         raise ModelError(
             f"no input named {name!r}; inputs are: {', '.join(i.name for i in inputs)}"
         )
-    floats = [vi for vi in inputs if _is_float_tensor(vi)]
+    floats = [vi for vi in inputs if _is_float_tensor(vi) and vi.name not in fixed]
     if not floats:
         kinds = ", ".join(f"{vi.name} ({_describe_type(vi)})" for vi in inputs)
         raise ModelError(
-            f"the model has no float input ({kinds}): only continuous inputs can be inverted, "
-            "not integer token ids or strings"
+            f"the model has no float input left to invert ({kinds}): only continuous inputs "
+            "can be inverted, not integer token ids or strings"
         )
     if len(floats) > 1:
         raise ModelError(
             "the model has several float inputs "
-            f"({', '.join(vi.name for vi in floats)}): choose one with --input NAME"
+            f"({', '.join(vi.name for vi in floats)}): choose one with --input NAME and hold "
+            "the others that the output needs with --fix NAME=FILE.npy"
         )
     return floats[0]
+
+
+def check_fixed(model: onnx.ModelProto, fixed: dict[str, Any] | None) -> dict[str, np.ndarray]:
+    """``fixed`` as arrays of each input's declared type, checked against its declared shape."""
+    if not fixed:
+        return {}
+    if not isinstance(fixed, dict):
+        raise OptionError(f"fixed must map input names to arrays, not {type(fixed).__name__}")
+    inputs = {vi.name: vi for vi in graph_inputs(model)}
+    out: dict[str, np.ndarray] = {}
+    for name, value in fixed.items():
+        if name not in inputs:
+            raise OptionError(
+                f"--fix {name}: the model has no input named {name!r}; inputs are: "
+                + ", ".join(inputs)
+            )
+        vi = inputs[name]
+        if not vi.type.HasField("tensor_type"):
+            raise OptionError(f"--fix {name}: input {name!r} is not a tensor")
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        try:
+            array = np.asarray(value)
+            lossy = array.dtype.kind in "fc" and np.dtype(dtype).kind in "iub"
+            if lossy and not np.array_equal(array, np.round(array)):
+                raise ValueError("non-integer values for an integer input")
+            array = array.astype(dtype)
+        except (TypeError, ValueError) as exc:
+            raise OptionError(
+                f"--fix {name}: cannot use the value as {np.dtype(dtype).name} ({exc})"
+            ) from None
+        dims = _dims(vi)
+        if vi.type.tensor_type.HasField("shape"):
+            ok = array.ndim == len(dims) and all(
+                not (isinstance(d, int) and d > 0) or d == s
+                for d, s in zip(dims, array.shape, strict=False)
+            )
+            if not ok:
+                declared = ", ".join(str(d) if isinstance(d, int) and d > 0 else "?" for d in dims)
+                raise OptionError(
+                    f"--fix {name}: value has shape {list(array.shape)} but the input is "
+                    f"declared [{declared}]"
+                )
+        out[name] = array
+    return out
 
 
 def choose_output(model: onnx.ModelProto, name: str | None) -> str:
@@ -361,8 +456,9 @@ def _extract(
     others = sorted({i for i in consumed if i not in available and i in model_inputs})
     if others:
         raise ModelError(
-            f"output {output_name!r} also depends on input(s) {', '.join(others)}; onnxinv "
-            "inverts one input and cannot fill the others"
+            f"output {output_name!r} also depends on input(s) {', '.join(others)}: hold "
+            f"{'them' if len(others) > 1 else 'it'} at a value with --fix "
+            f"{others[0]}=FILE.npy (API: fixed={{{others[0]!r}: array}})"
         )
     if input_name not in consumed and input_name != output_name:
         raise ModelError(f"output {output_name!r} does not depend on input {input_name!r}")
@@ -440,56 +536,135 @@ def _tail(model: onnx.ModelProto, output_name: str) -> tuple[str | None, str | N
     return None, None
 
 
+def _sample_dims(
+    vi: onnx.ValueInfoProto, input_shape: tuple[int, ...] | None
+) -> list[int | str | None]:
+    """The chosen input's dims: declared, or ``input_shape`` where the user gave one."""
+    declared = _dims(vi) if vi.type.tensor_type.HasField("shape") else None
+    if input_shape is None:
+        if declared is None:
+            raise ModelError(
+                f"input {vi.name!r} has no declared shape; give it with --input-shape "
+                "(API: input_shape=), e.g. --input-shape 1,3,224,224"
+            )
+        return declared
+    given = [int(d) for d in input_shape]
+    if declared is not None:
+        if len(given) != len(declared):
+            raise OptionError(
+                f"--input-shape {','.join(map(str, given))} has {len(given)} dimensions but input "
+                f"{vi.name!r} is declared with {len(declared)}"
+            )
+        for i, (g, d) in enumerate(zip(given, declared, strict=True)):
+            if isinstance(d, int) and d > 0 and g != d:
+                raise OptionError(
+                    f"--input-shape: dimension {i} of input {vi.name!r} is declared {d}, not {g}"
+                )
+    dims: list[int | str | None] = [g if g > 0 else None for g in given]
+    if any(d is None for d in dims[1:]):
+        raise OptionError("--input-shape: only the first dimension may be -1 (a batch axis)")
+    return dims
+
+
+def _bake(
+    model: onnx.ModelProto,
+    input_name: str,
+    dims: list[int | str | None],
+    fixed: dict[str, np.ndarray],
+) -> onnx.ModelProto:
+    """A copy of ``model`` with ``fixed`` inputs as initializers and the input's dims set."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    keep = [vi for vi in copy.graph.input if vi.name not in fixed]
+    del copy.graph.input[:]
+    copy.graph.input.extend(keep)
+    for name, value in fixed.items():
+        inits = [i for i in copy.graph.initializer if i.name != name]
+        del copy.graph.initializer[:]
+        copy.graph.initializer.extend([*inits, numpy_helper.from_array(value, name)])
+    for vi in copy.graph.input:
+        if vi.name == input_name:
+            shape = vi.type.tensor_type.shape
+            shape.Clear()
+            for d in dims:
+                dim = shape.dim.add()
+                if isinstance(d, int) and d > 0:
+                    dim.dim_value = d
+                else:
+                    dim.dim_param = BATCH
+    if copy.ir_version < 4 and fixed:
+        copy.ir_version = 4  # the baked constants are initializers that are not inputs
+    return copy
+
+
 def load(
     model: ModelLike,
     input: str | None = None,
     output: str | None = None,
     device: str = "cpu",
     seed: int = 0,
+    fixed: dict[str, Any] | None = None,
+    input_shape: tuple[int, ...] | None = None,
 ) -> LoadedModel:
     """Load ``model`` and prepare it for inverting ``input`` to match ``output``.
+
+    Args:
+        model: a path (external data beside it), bytes or a ModelProto.
+        input: the input to invert (default: the one float input not in ``fixed``).
+        output: the output to match (default: the one float output).
+        device: "cpu" or "cuda" for onnxruntime.
+        seed: seed of the probe inputs used to check batching.
+        fixed: other inputs held at these values (name → array of the declared shape).
+        input_shape: the chosen input's full shape, where the model does not declare it (a -1
+            first dimension stays a batch axis).
 
     Raises:
         ModelError: for anything that makes the model unusable, with a one-line reason.
     """
-    proto, name = read_model(model)
-    vi_in = choose_input(proto, input)
+    proto, name, notes = read_model(model)
+    proto, upgrade = repair.runnable(proto)
+    notes += upgrade
+    fixed_arrays = check_fixed(proto, fixed)
+    vi_in = choose_input(proto, input, fixed_arrays)
     out_name = choose_output(proto, output)
-    dims = _dims(vi_in)
+    dims = _sample_dims(vi_in, input_shape)
     if not dims:
         raise ModelError(f"input {vi_in.name!r} is a scalar; there is nothing to invert")
     for i, d in enumerate(dims[1:], start=1):
         if not isinstance(d, int) or d <= 0:
-            how = (
-                f"--dim_param {d} --dim_value N"
-                if isinstance(d, str)
-                else f"--input_name {vi_in.name} --input_shape "
-                + ",".join(str(v) if isinstance(v, int) and v > 0 else "N" for v in dims)
-            )
             raise ModelError(
-                f"input {vi_in.name!r} has dynamic dimension {i} ({d!r}); fix it before inverting, "
-                f"e.g. python -m onnxruntime.tools.make_dynamic_shape_fixed {how} "
-                "model.onnx fixed.onnx (or re-export with a static shape)"
+                f"input {vi_in.name!r} has dynamic dimension {i} ({d!r}); give its shape with "
+                "--input-shape (API: input_shape=), e.g. --input-shape "
+                + ",".join(str(v) if isinstance(v, int) and v > 0 else "1" for v in dims)
             )
-    d0 = dims[0]
     dtype = np.dtype(FLOAT_TYPES[vi_in.type.tensor_type.elem_type])
-    if isinstance(d0, int) and d0 > 0:
-        fixed_shape = tuple(int(d) for d in dims)
+    d0 = dims[0]
+    symbolic0 = not (isinstance(d0, int) and d0 > 0)
+    static = tuple(int(d) for d in dims[1:])
+    if symbolic0 and len(dims) >= 2:
+        sample, unit, batch_axis = static, static, True  # the symbolic axis is the batch
+    elif symbolic0:
+        sample, unit, batch_axis = (1,), (1,), False  # a 1-D input of unknown length
+        notes.append(
+            f"input {vi_in.name!r} is 1-D with a symbolic length; inverting length 1 "
+            "(give another with --input-shape)"
+        )
     else:
-        fixed_shape = (1, *(int(d) for d in dims[1:]))
-    leading_batch = not (isinstance(d0, int) and d0 > 1) and len(dims) >= 2
-    sample_shape = fixed_shape[1:] if leading_batch else fixed_shape
+        sample = (int(d0), *static)
+        batch_axis = d0 == 1 and len(dims) >= 2  # a fixed batch of one, as exporters write it
+        unit = static if batch_axis else sample
     opsets = {o.domain or "ai.onnx": int(o.version) for o in proto.opset_import}
 
-    # Prune; try a symbolic batch dimension and keep it only if it computes the same thing.
-    inferred = _infer(proto)
-    plain = _extract(proto, vi_in.name, out_name, symbolic_batch=False, inferred=inferred)
-    pruned, batched = plain, not isinstance(d0, int)
-    if leading_batch and isinstance(d0, int):
-        candidate = _extract(proto, vi_in.name, out_name, True, inferred=inferred)
-        batched = _same_when_batched(
-            plain, candidate, vi_in.name, out_name, fixed_shape, dtype, seed
+    baked = _bake(proto, vi_in.name, [d0 if not symbolic0 else None, *static], fixed_arrays)
+    inferred = _infer(baked)
+    plain = _extract(baked, vi_in.name, out_name, symbolic_batch=False, inferred=inferred)
+    run_shape = (1, *unit) if batch_axis else sample
+    pruned, batched = plain, False
+    if batch_axis:
+        candidate = (
+            plain if symbolic0 else _extract(baked, vi_in.name, out_name, True, inferred=inferred)
         )
+        batched = _same_when_batched(plain, candidate, vi_in.name, out_name, run_shape, dtype, seed)
         if batched:
             pruned = candidate
     tail, logits = _tail(_infer(pruned), out_name)
@@ -498,44 +673,61 @@ def load(
         name=name,
         input_name=vi_in.name,
         output_name=out_name,
-        input_shape=tuple(sample_shape),
+        input_shape=tuple(sample),
         output_shape=(),
         input_dtype=dtype,
         pruned=pruned,
+        unit_shape=tuple(unit),
+        batch_axis=batch_axis,
         batched=batched,
-        original_batched=not isinstance(d0, int),
-        original_input_shape=fixed_shape,
+        original_batched=symbolic0 and batched and not fixed_arrays,
         tail=tail,
         logits_name=logits,
         opsets=opsets,
+        fixed=fixed_arrays,
+        notes=notes,
         device=device,
     )
-    probe = np.random.default_rng(seed).random((2, *sample_shape)).astype(dtype)
+    probe = np.random.default_rng(seed).random((2, *sample)).astype(dtype)
     try:
-        y = lm.run(probe)
-    except ModelError:
-        raise
+        first = _run_one_original(lm, probe[0])
     except Exception as exc:
         raise ModelError(f"onnxruntime cannot run the model: {_first_line(exc)}") from None
-    if not np.issubdtype(y.dtype, np.floating):
-        raise ModelError(f"output {out_name!r} is {y.dtype}, not a float tensor")
-    if lm.batched and (y.ndim == 0 or y.shape[0] != len(probe)):
-        # The graph mixes the batch dimension (e.g. Reshape to [1, -1]): run one sample at a
-        # time, with the batch of 1 the model was evidently written for.
-        lm.batched = lm.original_batched = False
-        lm.original_input_shape = (1, *sample_shape)
+    if not np.issubdtype(first.dtype, np.floating):
+        raise ModelError(f"output {out_name!r} is {first.dtype}, not a float tensor")
+    strip = lm.original_batch_dim and first.ndim >= 1 and first.shape[0] == 1
+    lm.output_shape = tuple(first.shape[1:] if strip else first.shape)
+    try:
         y = lm.run(probe)
-    lm.output_shape = tuple(y.shape[1:])
+    except Exception as exc:
+        raise ModelError(
+            f"onnxruntime cannot run the graph cut from {vi_in.name!r} to {out_name!r}: "
+            f"{_first_line(exc)}"
+        ) from None
+    if y.size != 2 * lm.output_size:
+        raise ModelError(
+            f"the graph cut from {vi_in.name!r} to {out_name!r} gives {y.size // 2} values per "
+            f"sample, the model {lm.output_size}"
+        )
     return lm
 
 
-def _same_when_batched(plain, candidate, in_name, out_name, fixed_shape, dtype, seed) -> bool:
+def _run_one_original(lm: LoadedModel, x: np.ndarray) -> np.ndarray:
+    """The original model's output for one sample, as onnxruntime returns it."""
+    feeds = {**_fillers(lm.original, lm.input_name, lm.fixed), **lm.fixed}
+    shape = (1, *lm.input_shape) if lm.original_batch_dim else lm.input_shape
+    sess = lm.session("original")
+    feed = {lm.input_name: x.reshape(shape).astype(lm.input_dtype), **feeds}
+    return np.asarray(sess.run([lm.output_name], feed)[0])
+
+
+def _same_when_batched(plain, candidate, in_name, out_name, run_shape, dtype, seed) -> bool:
     """Whether ``candidate`` run on a batch gives what ``plain`` gives sample by sample."""
     rng = np.random.default_rng(seed + 1)
-    x = rng.random((3, *fixed_shape[1:])).astype(dtype)
+    x = rng.random((3, *run_shape[1:])).astype(dtype)
     try:
         s_plain = _ort.session(plain.SerializeToString())
-        s_cand = _ort.session(candidate.SerializeToString())
+        s_cand = s_plain if candidate is plain else _ort.session(candidate.SerializeToString())
         y_batch = s_cand.run([out_name], {in_name: x})[0]
         y_each = np.concatenate([s_plain.run([out_name], {in_name: xi[None]})[0] for xi in x])
     except Exception:

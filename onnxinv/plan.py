@@ -22,6 +22,7 @@ from .graph import Block, Partition
 from .model import LoadedModel, _extract
 from .objective import Objective
 from .rules.base import ElementwiseRule, Family, OutsideDomain
+from .rules.linalg import DENSE_LIMIT
 from .solvers.backward import BackwardSettings, box, collapse, interval_bounds, joint_collapse
 
 EXACT_RESIDUAL = 1e-6  # a family farther than this from the rules' range is not exact
@@ -88,11 +89,12 @@ class Plan:
         max_iter: int = 30,
         restarts: int = 3,
         deadline: float | None = None,
+        max_memory: int | None = None,
     ):
         self.lm, self.part, self.objective = lm, part, objective
         self.settings, self.bounds, self.device = settings, bounds, device
         self.init_std, self.max_iter, self.restarts = init_std, max_iter, restarts
-        self.deadline = deadline
+        self.deadline, self.max_memory = deadline, max_memory
         self.sizes = {t: int(np.prod(s)) for t, s in part.shapes.items()}
         self.ibp: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         first = part.blocks[0] if part.blocks else None
@@ -145,6 +147,8 @@ class Plan:
             if step.rule.kind != "affine":
                 ok = isinstance(step.rule, ElementwiseRule) and M is not None
                 return (j, M, c) if ok else None
+            if step.rule.ctx.in_size * step.rule.ctx.out_size > DENSE_LIMIT:
+                return None  # composing dense matrices this size costs more than it saves
             mc = step.rule.dense()
             if mc is None:
                 return None
@@ -194,12 +198,12 @@ class Plan:
                     )
                 exact &= ok & (fam.residual <= EXACT_RESIDUAL)
                 try:
-                    fam = rule.preimage(y)
+                    fam = rule.sample_preimage(y, rng, s.std)
                 except OutsideDomain:
                     # The request misses what this operator can output (e.g. a probability of
                     # exactly 0): continue from the nearest point it can, flagged inexact.
                     exact[:] = False
-                    fam = rule.preimage(rule.nearest(y))
+                    fam = rule.sample_preimage(rule.nearest(y), rng, s.std)
                 if step.input == split:
                     return None, (step.input, fam)
         return fam, None
@@ -219,7 +223,7 @@ class Plan:
             self.notes += [note] if note else []
         batched = self.lm.batched
         sample = self.part.shapes[src]
-        shape = (-1, *sample) if batched else (1, *sample)
+        shape = (-1, *sample) if batched else self.lm.feed_shape(sample)
         residual = make_residual(
             self._modules[key], objective, self._runner(src, dst), sample, shape, batched,
             self.device,
@@ -245,6 +249,7 @@ class Plan:
             max_iter=self.max_iter,
             restarts=self.restarts,
             deadline=self.deadline,
+            max_memory=self.max_memory,
         )
         out = levenberg_marquardt(residual, starts(b).to(torch.float64), settings, starts, lo, hi)
         exact &= out.converged.numpy()
@@ -274,12 +279,14 @@ class Plan:
             sub = self._submodel(src, dst)
             sess = _ort.session(sub.SerializeToString(), self.device)
             name, dtype = sub.graph.input[0].name, self.lm.input_dtype
+            sample = self.part.shapes[src]
 
             def run(x: np.ndarray) -> np.ndarray:
                 x = np.asarray(x, dtype=dtype)
                 if self.lm.batched:
-                    return sess.run(None, {name: x})[0]
-                return np.concatenate([sess.run(None, {name: xi[None]})[0] for xi in x])
+                    return sess.run(None, {name: x.reshape((len(x), *sample))})[0]
+                shape = self.lm.feed_shape(sample)
+                return self.lm.stack([sess.run(None, {name: xi.reshape(shape)})[0] for xi in x])
 
             self._runners[(src, dst)] = run
         return self._runners[(src, dst)]

@@ -8,6 +8,7 @@ models that cannot be converted. torch is imported only here and in the solvers.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -17,15 +18,22 @@ import torch
 from .objective import Objective
 
 
+class DeadlineReached(Exception):  # noqa: N818 - a signal, not an error
+    """Raised inside a Jacobian evaluation once ``time.monotonic()`` passes the deadline."""
+
+
 class Residual(Protocol):
     """What the solvers need: residuals (B, m) and Jacobians (B, m, n) of flat inputs (B, n).
 
     ``index`` says which samples the rows are, for objectives with per-sample targets.
+    ``deadline`` (``time.monotonic()`` value or None) is checked inside long Jacobian
+    evaluations, which then raise :class:`DeadlineReached`.
     """
 
     m: int
     n: int
     jacobian_source: str
+    deadline: float | None
 
     def value(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor: ...
 
@@ -43,6 +51,7 @@ class TorchResidual:
     """
 
     jacobian_source = "autograd"
+    deadline: float | None = None
 
     def __init__(
         self,
@@ -83,6 +92,7 @@ class TorchResidual:
             r = self._forward(x, index)
             rows = []
             for i in range(self.m):
+                _check(self.deadline)
                 (g,) = torch.autograd.grad(r[:, i].sum(), x, retain_graph=i < self.m - 1)
                 rows.append(g)
         return r.detach(), torch.stack(rows, dim=1)
@@ -96,6 +106,7 @@ class FiniteDifferenceResidual:
     """
 
     jacobian_source = "finite-differences"
+    deadline: float | None = None
 
     def __init__(
         self,
@@ -104,6 +115,7 @@ class FiniteDifferenceResidual:
         input_shape: tuple[int, ...],
         step: float = 1e-3,
         rows_per_run: int = 4096,
+        block_values: int = 4_000_000,
     ):
         self.run = run
         self.objective = objective
@@ -112,13 +124,14 @@ class FiniteDifferenceResidual:
         self.m = objective.size
         self.step = step
         self.rows_per_run = rows_per_run
+        self.block_values = block_values  # perturbed inputs held at once: block × n floats
 
     def _residual_np(self, x: np.ndarray, index: np.ndarray | None) -> np.ndarray:
         out = []
         for i in range(0, len(x), self.rows_per_run):
             chunk = x[i : i + self.rows_per_run].reshape((-1, *self.shape))
             y = torch.from_numpy(np.asarray(self.run(chunk), dtype=np.float64))
-            rows = None if index is None else index[i : i + self.rows_per_run]
+            rows = None if index is None else torch.as_tensor(index[i : i + self.rows_per_run])
             out.append(self.objective.residual(y, rows).numpy())
         return np.concatenate(out)
 
@@ -132,19 +145,28 @@ class FiniteDifferenceResidual:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         xn = x.detach().cpu().numpy()
         b, n = xn.shape
-        idx = torch.arange(b) if index is None else torch.as_tensor(index)
-        rows = torch.cat([idx, idx.repeat_interleave(n), idx.repeat_interleave(n)])
+        idx = np.arange(b) if index is None else np.asarray(index)
+        r = self._residual_np(xn, idx)
         h = self.step * np.maximum(1.0, np.abs(xn))  # (B, n)
-        eye = np.eye(n)
-        plus = xn[:, None, :] + eye[None] * h[:, None, :]
-        minus = xn[:, None, :] - eye[None] * h[:, None, :]
-        stacked = np.concatenate([xn, plus.reshape(-1, n), minus.reshape(-1, n)])
-        r_all = self._residual_np(stacked, rows)
-        r = r_all[:b]
-        rp = r_all[b : b + b * n].reshape(b, n, -1)
-        rm = r_all[b + b * n :].reshape(b, n, -1)
-        jac = ((rp - rm) / (2 * h[:, :, None])).transpose(0, 2, 1)
+        jac = np.empty((b, r.shape[1], n))
+        # Perturb a block of coordinates at a time: never an (n × n) identity, and memory
+        # bounded by ``block_values`` whatever the input size.
+        width = max(1, self.block_values // max(1, 2 * b * n))
+        for j0 in range(0, n, width):
+            _check(self.deadline)
+            cols = np.arange(j0, min(n, j0 + width))
+            step = np.zeros((b, len(cols), n))
+            step[:, np.arange(len(cols)), cols] = h[:, cols]
+            both = np.concatenate([xn[:, None, :] + step, xn[:, None, :] - step], axis=1)
+            rows = np.repeat(idx, 2 * len(cols))
+            rr = self._residual_np(both.reshape(-1, n), rows).reshape(b, 2, len(cols), -1)
+            jac[:, :, cols] = ((rr[:, 0] - rr[:, 1]) / (2 * h[:, cols, None])).transpose(0, 2, 1)
         return torch.as_tensor(r, dtype=x.dtype), torch.as_tensor(jac, dtype=x.dtype)
+
+
+def _check(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise DeadlineReached
 
 
 def convert_or_note(onnx_model) -> tuple[torch.nn.Module | None, str | None]:
@@ -185,7 +207,7 @@ def build_residual(lm, objective: Objective, device: str = "cpu") -> tuple[Resid
     onnx_model = lm.logits_model if objective.solve_on == "logits" else lm.pruned
     which = "logits" if objective.solve_on == "logits" else "pruned"
     module, note = convert_or_note(onnx_model)
-    shape = (-1, *lm.input_shape) if lm.batched else lm.original_input_shape
+    shape = (-1, *lm.unit_shape) if lm.batched else lm.run_shape
 
     def run(x: np.ndarray) -> np.ndarray:
         return lm.run(x, which=which)

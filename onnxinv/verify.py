@@ -19,6 +19,11 @@ class Verification:
     errors: np.ndarray
     verified: np.ndarray
 
+    def subset(self, keep: np.ndarray) -> Verification:
+        """The samples selected by ``keep`` (mask or indices)."""
+        return Verification(self.inputs[keep], self.outputs[keep], self.errors[keep],
+                            self.verified[keep])  # fmt: skip
+
     def replace(self, index: np.ndarray, other: Verification) -> None:
         """Take ``other``'s results (a re-check of samples ``index``) in place."""
         for name in ("inputs", "outputs", "errors", "verified"):

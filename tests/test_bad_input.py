@@ -286,7 +286,7 @@ BAD = [
     Bad(
         "dynamic-feature-dimension",
         ModelError,
-        ("'x'", "dimension 1", "seq_len", "make_dynamic_shape_fixed", "--dim_param seq_len"),
+        ("'x'", "dimension 1", "seq_len", "--input-shape"),
         model=_saved(_dynamic_feature_dim),
     ),
     Bad(

@@ -44,7 +44,7 @@ def test_distribution_target(exported, dynamo, tail, bounds):
     assert result.model["output_space"] == space
     assert result.model["solved_on"] == ("output" if tail is None else "logits")
     assert result.model["jacobians"] in ("autograd", "none")  # none: exact backward pass
-    assert result.inputs.shape == (6, 1, 8, 8)
+    assert result.inputs.shape == (6, 1, 1, 8, 8)  # a sample is the declared [1, 1, 8, 8]
     assert_solved(path, result, np.array(p), space, bounds=bounds, n=6)
     # The reported outputs are the original model's raw outputs for the returned inputs.
     np.testing.assert_allclose(

@@ -348,12 +348,8 @@ def test_input_read_only_inside_an_if_branch():
     assert_solved(model, result, p, "probabilities", n=3)
 
 
-@pytest.mark.parametrize(
-    ("dim", "fix"),
-    [("seq_len", "--dim_param seq_len"), (None, "--input_shape")],
-    ids=["named", "unnamed"],
-)
-def test_dynamic_non_batch_dimension(dim, fix):
+@pytest.mark.parametrize("dim", ["seq_len", None], ids=["named", "unnamed"])
+def test_dynamic_non_batch_dimension(dim):
     model = make_model(
         [helper.make_node("Softmax", ["x"], ["y"], axis=-1)],
         [value_info("x", ["N", dim])],
@@ -363,7 +359,15 @@ def test_dynamic_non_batch_dimension(dim, fix):
         load(model)
     message = one_line(info.value)
     assert "dimension 1" in message and repr(dim) in message
-    assert "make_dynamic_shape_fixed" in message and fix in message
+    assert "--input-shape" in message and "input_shape=" in message
+    lm = load(model, input_shape=(-1, 7))  # the fix the message names
+    assert lm.input_shape == (7,) and lm.batched
+    p = np.linspace(1, 2, 7) / np.linspace(1, 2, 7).sum()
+    result = invert(model, {"distribution": p.tolist()}, samples=2, seed=0, input_shape="-1,7")
+    assert result.inputs.shape == (2, 7)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"x": result.inputs})[0]
+    np.testing.assert_allclose(y, np.tile(p, (2, 1)), atol=1e-4)
 
 
 def test_scalar_input_is_rejected():
@@ -391,13 +395,17 @@ def test_dynamo_fixed_batch_of_one_is_batched(exported):
 
     lm = load(path)
     assert lm.batched and not lm.original_batched
-    assert lm.input_shape == (1, 8, 8) and lm.output_shape == (10,)
-    x = np.random.default_rng(0).random((5, 1, 8, 8)).astype(np.float32)
+    # A sample is the declared tensor; internally the fixed 1 becomes a batch axis.
+    assert lm.input_shape == (1, 1, 8, 8) and lm.output_shape == (1, 10)
+    assert lm.unit_shape == (1, 8, 8) and lm.batch_axis
+    x = np.random.default_rng(0).random((5, 1, 1, 8, 8)).astype(np.float32)
     batched = lm.run(x)
     one_by_one = ort_outputs(path, x)  # a fresh session, one [1, 1, 8, 8] sample per run
     assert batched.shape == (5, 10)
     np.testing.assert_allclose(batched, one_by_one, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(lm.run(x, "original"), one_by_one, rtol=0, atol=0)
+    original = lm.run(x, "original")
+    assert original.shape == (5, 1, 10)
+    np.testing.assert_allclose(original.reshape(5, 10), one_by_one, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(

@@ -200,7 +200,9 @@ def test_plugin_rule_is_loaded_and_used(monkeypatch):
         neg_model(), {"values": target}, samples=2, method="backward", registry=reg
     )
     assert result.verified.all()
-    np.testing.assert_allclose(result.inputs, -np.array(target * 2), atol=1e-6)
+    # Neg is a bijection: the one preimage is returned once, and a note says so.
+    np.testing.assert_allclose(result.inputs, -np.array(target), atol=1e-6)
+    assert any("1 of 2 samples are distinct" in n for n in result.notes)
     # Without the plugin, Neg has no rule and the block is opaque.
     bare = load_plugins(Registry(), disabled=["neg"])
     assert bare.resolve("", "Neg", 17) is None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -37,6 +37,7 @@ from onnxinv.rules import (
 )
 from onnxinv.rules import activations as act
 from onnxinv.rules import linear as lin
+from onnxinv.rules import piecewise as pw
 from onnxinv.rules import shape as shp
 from onnxinv.rules import softmax as smx
 
@@ -370,6 +371,86 @@ for _op, _rule in (("Softmax", smx.Softmax), ("LogSoftmax", smx.LogSoftmax)):
     case(f"{_low}-2x2x2-axis2", _rule, [2, 2, 2], _softmax(_op, 2))
 
 
+# Piecewise operators whose preimage of a point is a set. extra["bad"]: outputs they cannot
+# produce, as values put at the last entry of the last sample or as functions of a reachable
+# (B, out_size) output that return an unreachable one (changing the last sample only).
+def _bump_last_sample(index: int):
+    """A window's maximum raised above every other output: overlapping windows (stride 1) whose
+    other maxima bound all its entries below it cannot produce that."""
+
+    def make(y: np.ndarray) -> np.ndarray:
+        bad = y.copy()
+        bad[-1, index] = y.max() + 1.0
+        return bad
+
+    return make
+
+
+for _shape in ([5], [2, 3]):
+    _tag = "x".join(map(str, _shape))
+    case(f"relu-{_tag}", pw.Relu, _shape, _plain("Relu"), extra={"bad": [-0.1, -10.0]})
+    case(f"sign-{_tag}", pw.Sign, _shape, _plain("Sign"), extra={"bad": [0.5, 2.0, -1e-3]})
+case("shrink-default", pw.Shrink, [5], _plain("Shrink"), extra={"bad": [0.3, -0.5, 1e-3]})
+case("shrink-bias-eq-lambd", pw.Shrink, [2, 3], _plain("Shrink", bias=1.5, lambd=1.5))
+case(
+    "shrink-bias-gt-lambd",
+    pw.Shrink,
+    [2, 3],
+    _plain("Shrink", bias=2.0, lambd=0.5),
+    sample=lambda r, s: 2 * r.standard_normal(s),
+)
+# lambd = 0 and bias < 0: every output has exactly one preimage ("unique": no diversity).
+case(
+    "shrink-lambd0",
+    pw.Shrink,
+    [5],
+    _plain("Shrink", bias=-0.25, lambd=0.0),
+    extra={"bad": [0.2, -0.1], "unique": True},
+)
+case(
+    "maxpool-2d-k2s2", pw.MaxPool, [2, 4, 4], _plain("MaxPool", kernel_shape=[2, 2], strides=[2, 2])
+)
+case(
+    "maxpool-2d-k3s1-pads1",
+    pw.MaxPool,
+    [1, 5, 5],
+    _plain("MaxPool", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+    extra={"bad": [_bump_last_sample(12)]},
+)
+case(
+    "maxpool-1d-k2s1-storage-order",
+    pw.MaxPool,
+    [3, 6],
+    _plain("MaxPool", kernel_shape=[2], storage_order=1),
+    min_opset=8,
+    extra={"bad": [_bump_last_sample(8)]},
+)
+case(
+    "maxpool-1d-dilation-ceil",
+    pw.MaxPool,
+    [2, 9],
+    _plain("MaxPool", kernel_shape=[3], strides=[2], dilations=[2], pads=[1, 0], ceil_mode=1),
+    min_opset=10,
+)
+case(
+    "maxpool-2d-same-lower-s2",
+    pw.MaxPool,
+    [2, 5, 4],
+    _plain("MaxPool", kernel_shape=[3, 2], strides=[2, 2], auto_pad="SAME_LOWER"),
+)
+case(
+    "maxpool-3d-same-upper",
+    pw.MaxPool,
+    [1, 3, 4, 3],
+    _plain("MaxPool", kernel_shape=[2, 2, 2], auto_pad="SAME_UPPER"),
+)
+case(
+    "maxpool-2d-valid-asymmetric",
+    pw.MaxPool,
+    [1, 5, 7],
+    _plain("MaxPool", kernel_shape=[2, 3], strides=[1, 2], auto_pad="VALID"),
+)
+
 PARAMS = [pytest.param(c, v, id=f"{c.name}-opset{v}") for c in CASES for v in c.opsets()]
 LATEST = [pytest.param(c, c.opsets()[-1], id=c.name) for c in CASES]
 
@@ -461,12 +542,16 @@ def test_forward_interval_contains_outputs(c: Case, opset: int):
     assert (ys >= out_lo - 1e-9).all() and (ys <= out_hi + 1e-9).all()
 
 
-# Point rules with a restricted output domain (LeakyRelu and PRelu are onto the real line).
+# Point rules with a restricted output domain (LeakyRelu and PRelu are onto the real line), and
+# piecewise rules, which also refuse values inside theirs (Shrink's gap, MaxPool's conflicts).
 DOMAIN_CASES = [
     p
     for p in LATEST
     if issubclass(p.values[0].rule, PointRule)
-    and p.values[0].rule.output_domain is not PointRule.output_domain
+    and (
+        p.values[0].rule.output_domain is not PointRule.output_domain
+        or p.values[0].rule in pw.RULES
+    )
 ]
 INFINITE_AT_BOUND = (act.Selu, act.Elu, act.Sigmoid, act.Tanh, act.Softplus)
 
@@ -510,9 +595,26 @@ def test_refuses_outside_output_domain(c: Case, opset: int):
             lambda y: 0.5 * y,  # sums to 1/2
         ):
             assert "Softmax" in _refused(rule, make(y))
-    else:  # LogSoftmax: log-probabilities whose exponentials do not sum to 1
+    elif c.rule is smx.LogSoftmax:  # log-probabilities whose exponentials do not sum to 1
         assert "LogSoftmax" in _refused(rule, y + 0.5)
         assert "LogSoftmax" in _refused(rule, y - 0.5)
+    else:  # piecewise rules: the case's unreachable outputs, and NaN
+        assert c.rule in pw.RULES, f"{c.rule.__name__} has no refusal check here"
+        for bad_value in [*c.extra.get("bad", ()), np.nan]:
+            if callable(bad_value):
+                bad = bad_value(y)
+            else:
+                bad = y.copy()
+                bad[-1, -1] = bad_value
+            msg = _refused(rule, bad)
+            assert c.rule.op_type in msg and "sample 2" in msg
+            with pytest.raises(OutsideDomain):
+                rule.sample_preimage(bad, p.rng, 0.1)
+            # What the planner falls back to (nearest) is reachable.
+            near = rule.nearest(bad)
+            x_near = rule.preimage(near).v0.reshape(BATCH, *c.shape)
+            assert_same_output(c, run(p.sess, x_near).reshape(y.shape), near)
+        np.testing.assert_array_equal(rule.nearest(y), y)  # reachable outputs stay where they are
 
 
 NULL_CASES = [p for p in LATEST if "null" in p.values[0].extra]
@@ -537,6 +639,32 @@ def test_null_space_gives_diversity(c: Case, opset: int):
     np.testing.assert_allclose(fam.V.T @ fam.V, np.eye(fam.free), atol=1e-10)
     assert np.linalg.norm(M @ fam.V) < 1e-10 * np.linalg.norm(M)
     np.testing.assert_allclose(fam.v0 @ M.T + cvec, y64.reshape(BATCH, -1), atol=1e-10)
+
+
+SAMPLED_CASES = [
+    p
+    for p in LATEST
+    if issubclass(p.values[0].rule, PointRule)
+    and p.values[0].rule.sample_preimage is not PointRule.sample_preimage
+    and not p.values[0].extra.get("unique")
+]
+
+
+@pytest.mark.parametrize(("c", "opset"), SAMPLED_CASES)
+def test_sample_preimage_gives_diversity(c: Case, opset: int):
+    """Rules whose preimage of a point is a set draw different exact members per rng."""
+    p = prepare(c, opset)
+    _, y = reachable(p, c)
+    y64 = y.astype(np.float64).reshape(BATCH, -1)
+    xs = []
+    for seed in (1, 2):
+        fam = p.rule.sample_preimage(y64, np.random.default_rng(seed), 0.1)
+        assert fam.free == 0 and fam.v0.shape == (BATCH, int(np.prod(c.shape)))
+        x = fam.v0.reshape(BATCH, *c.shape)
+        assert np.isfinite(x).all()
+        assert_same_output(c, run(p.sess, x), y)
+        xs.append(x)
+    assert np.abs(xs[0] - xs[1]).max() > 1e-6
 
 
 # ---------------------------------------------------------------------- not-invertible configs
@@ -577,17 +705,6 @@ OPAQUE = [
         ["x", "c"],
         [_f32("c", np.ones((1, 4)))],
         dims=("N", 1),
-    ),
-    # transA=1 with a symbolic batch would need B's rows to be the batch: use a fixed-size input.
-    _opaque(
-        "gemm-transA",
-        "Gemm",
-        13,
-        "transA",
-        ["x", "W"],
-        [_f32("W", np.ones((4, 2)))],
-        dims=(4, 3),
-        transA=1,
     ),
     _opaque("softmax-axis0", "Softmax", 13, "batch dimension", axis=0),
     _opaque("softmax-axis0-opset11", "Softmax", 11, "batch dimension", axis=0),
@@ -639,6 +756,32 @@ NOT_APPLICABLE = [
     ),
     pytest.param(act.PRelu, _ctx("PRelu", ["x", "s"], {}, (4,), (4,)), id="prelu-slope-data"),
     pytest.param(act.Clip, _ctx("Clip", ["x", "lo"], {}, (4,), (4,)), id="clip-bound-data"),
+    pytest.param(
+        pw.Shrink, _ctx("Shrink", ["x"], {}, (4,), (4,), lambd=-0.5), id="shrink-lambd-negative"
+    ),
+    pytest.param(
+        pw.MaxPool,
+        replace(
+            _ctx("MaxPool", ["x"], {}, (2, 6), (2, 5), kernel_shape=[2]),
+            node=helper.make_node("MaxPool", ["x"], ["y", "indices"], kernel_shape=[2]),
+        ),
+        id="maxpool-indices-output",
+    ),
+    pytest.param(
+        pw.MaxPool,
+        _ctx("MaxPool", ["x"], {}, (1, 4), (1, 9), kernel_shape=[2], pads=[3, 3]),
+        id="maxpool-window-in-padding",
+    ),
+    pytest.param(
+        pw.MaxPool,
+        _ctx("MaxPool", ["x"], {}, (1, 4), (1, 3), kernel_shape=[2], auto_pad="BOGUS"),
+        id="maxpool-unknown-auto-pad",
+    ),
+    pytest.param(
+        pw.MaxPool,
+        _ctx("MaxPool", ["x"], {}, (4,), (3,), kernel_shape=[2, 2]),
+        id="maxpool-kernel-rank",
+    ),
 ]
 
 
@@ -683,3 +826,30 @@ def test_rule_kinds():
     for rule in builtin.ALL_RULES:
         assert rule.kind == ("affine" if issubclass(rule, AffineRule) else "point")
         assert rule.describe()
+
+
+@pytest.mark.parametrize("trans_a", [0, 1], ids=["A", "A-transposed"])
+@pytest.mark.parametrize("with_c", [False, True], ids=["no-C", "C"])
+def test_gemm_on_a_whole_fixed_tensor(trans_a, with_c):
+    """A fixed [4, 3] input is one sample: Gemm maps the whole matrix, transA included."""
+    from onnxinv import invert
+
+    rng = np.random.default_rng(3)
+    rows_b = 4 if trans_a else 3
+    inits = [_f32("W", rng.normal(size=(rows_b, 5)))]
+    inputs = ["x", "W"]
+    if with_c:
+        inits.append(_f32("c", rng.normal(size=(1, 5))))
+        inputs.append("c")
+    node = helper.make_node("Gemm", inputs, ["y"], transA=trans_a)
+    model = one_node_model(node, inits, [4, 3], 13)
+    x = rng.normal(size=(4, 3)).astype(np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"x": x})[0]
+    lm = model_mod.load(model)
+    assert lm.input_shape == (4, 3) and not lm.batch_axis
+    assert [b.kind for b in partition(lm, REGISTRY).blocks] == ["invertible"]
+    result = invert(model, {"values": y.tolist()}, samples=3, seed=0, method="backward")
+    assert len(result) >= 1
+    for xi in result.inputs:
+        np.testing.assert_allclose(sess.run(None, {"x": xi})[0], y, atol=1e-4)

@@ -232,6 +232,16 @@ class PointRule(InverseRule):
     def preimage(self, y: np.ndarray) -> Family:
         """The family of inputs mapping to each point ``y`` (B, out_size); exact or raises."""
 
+    def sample_preimage(self, y: np.ndarray, rng: np.random.Generator, std: float) -> Family:
+        """Preimages of points ``y`` (B, out_size) drawn at random where there is a choice.
+
+        Rules whose preimage of a point is a set rather than an affine family (ReLU's zeros
+        come from any negative input, a max pool's non-maximal entries from anything below the
+        maximum) override this to draw a member with ``rng`` (``std`` sets the spread relative
+        to the values), so samples differ; the default is the deterministic :meth:`preimage`.
+        """
+        return self.preimage(y)
+
     def nearest(self, y: np.ndarray) -> np.ndarray:
         """A point of the domain near ``y`` (B, out_size), for requests that miss it."""
         dom = self.output_domain()

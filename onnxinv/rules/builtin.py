@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import activations, linear, shape, softmax
+from . import activations, linear, piecewise, shape, softmax
 
-ALL_RULES = (*linear.RULES, *shape.RULES, *activations.RULES, *softmax.RULES)
+ALL_RULES = (*linear.RULES, *shape.RULES, *activations.RULES, *piecewise.RULES, *softmax.RULES)
 
 
 def register(registry) -> None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import MemoryBudgetError
 from .base import Family
 
-DENSE_LIMIT = 25_000_000  # entries of M above which a dense SVD is refused
+DENSE_LIMIT = 4_000_000  # entries of M above which a dense SVD is refused (~2000 x 2000)
 
 
 def orthonormal_columns(A: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
@@ -41,7 +42,7 @@ class DenseAffine:
     def __init__(self, M: np.ndarray, c: np.ndarray | None, max_condition: float = 100.0):
         M = np.asarray(M, dtype=np.float64)
         if M.size > DENSE_LIMIT:
-            raise MemoryError(f"a dense {M.shape} matrix is too large to invert by SVD")
+            raise MemoryBudgetError(f"a dense {M.shape} matrix is too large to invert by SVD")
         self.M = M
         self.c = np.zeros(M.shape[0]) if c is None else np.asarray(c, np.float64).ravel()
         self.max_condition = max_condition

@@ -7,7 +7,7 @@ from functools import cached_property
 import numpy as np
 
 from .base import AffineRule, Family, NodeContext, RuleNotApplicable
-from .linalg import DenseAffine
+from .linalg import DENSE_LIMIT, DenseAffine
 
 
 def _per_sample(c: np.ndarray, shape: tuple[int, ...], batched: bool) -> np.ndarray:
@@ -24,9 +24,22 @@ def _per_sample(c: np.ndarray, shape: tuple[int, ...], batched: bool) -> np.ndar
 
 
 class _DenseRule(AffineRule):
-    """An affine rule given by a dense matrix and offset (subclasses build them)."""
+    """An affine rule given by a dense matrix and offset (subclasses build them).
+
+    A matrix larger than :data:`~onnxinv.rules.linalg.DENSE_LIMIT` entries is refused at
+    construction (the node is then solved numerically): its SVD would not fit in time or memory.
+    """
 
     max_condition_used: float | None = None
+
+    def __init__(self, ctx: NodeContext):
+        super().__init__(ctx)
+        entries = ctx.in_size * ctx.out_size
+        if entries > DENSE_LIMIT:
+            raise RuleNotApplicable(
+                f"{ctx.node.op_type} is a {ctx.out_size}x{ctx.in_size} map, too large for a "
+                f"dense SVD ({entries:,} entries > {DENSE_LIMIT:,})"
+            )
 
     def matrix(self) -> tuple[np.ndarray, np.ndarray]:  # (M, c) on flat per-sample values
         raise NotImplementedError
@@ -78,24 +91,42 @@ class Gemm(_DenseRule):
         super().__init__(ctx)
         if ctx.data_input != 0 or 1 not in ctx.constants:
             raise RuleNotApplicable("Gemm is invertible only along A with a constant B")
-        if ctx.attr("transA", 0):
+        if ctx.attr("transA", 0) and ctx.batched:
             raise RuleNotApplicable("Gemm with transA=1 mixes the batch dimension")
         if len(ctx.node.input) > 2 and ctx.node.input[2] and 2 not in ctx.constants:
             raise RuleNotApplicable("Gemm's C is not constant")
 
     def matrix(self):
-        B = self.ctx.constants[1].astype(np.float64)
-        if self.ctx.attr("transB", 0):
+        ctx = self.ctx
+        B = ctx.constants[1].astype(np.float64)
+        if ctx.attr("transB", 0):
             B = B.T
-        M = self.ctx.attr("alpha", 1.0) * B.T  # (out, in)
-        if 2 in self.ctx.constants:
+        M = ctx.attr("alpha", 1.0) * B.T  # (out, in) for one row of A
+        if not ctx.batched:
+            # The whole A (a fixed rows × k) is one sample: alpha·op(A)·B acts on each row of
+            # A, or, with transA, on each column of A.
+            rows, k = ctx.input_shape
+            if ctx.attr("transA", 0):
+                M = _trans_a_matrix(ctx.attr("alpha", 1.0) * B, rows, k)
+            else:
+                M = np.kron(np.eye(rows), M)
+        if 2 in ctx.constants:
             c = (
-                self.ctx.attr("beta", 1.0)
-                * _per_sample(self.ctx.constants[2], self.ctx.output_shape, True).ravel()
+                ctx.attr("beta", 1.0)
+                * _per_sample(ctx.constants[2], ctx.output_shape, ctx.batched).ravel()
             )
         else:
             c = np.zeros(M.shape[0])
         return M, c
+
+
+def _trans_a_matrix(B: np.ndarray, rows: int, k: int) -> np.ndarray:
+    """Matrix of A ↦ Aᵀ·B on flat C-order A of shape (rows, k), for B of shape (rows, n)."""
+    n = B.shape[1]
+    M = np.zeros((k, n, rows, k))
+    for i in range(k):
+        M[i, :, :, i] = B.T  # y[i, c] = sum_j A[j, i] B[j, c]
+    return M.reshape(k * n, rows * k)
 
 
 class MatMul(_DenseRule):
@@ -128,7 +159,12 @@ class _Elementwise(AffineRule):
         # Build (a, c) now: a node this rule cannot invert (two data inputs, division by zero,
         # a constant that broadcasts the data to a larger shape) must raise RuleNotApplicable
         # here, where the planner catches it, not later inside pullback.
-        self._ac  # noqa: B018
+        a, _ = self._ac
+        if np.any(a == 0) and a.size**2 > DENSE_LIMIT:
+            raise RuleNotApplicable(
+                f"{ctx.node.op_type} zeroes entries of a {a.size}-value tensor: too large for "
+                "the dense pull-back"
+            )
 
     def scale_offset(self) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError

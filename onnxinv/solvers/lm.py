@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..residual import Residual
+from ..errors import MemoryBudgetError
+from ..residual import DeadlineReached, Residual
 
 LAMBDA_MIN = 1e-12
 LAMBDA_MAX = 1e10
@@ -41,6 +42,7 @@ class LMSettings:
         restarts: fresh random starts for a sample whose attempt failed.
         lam0: initial relative damping.
         deadline: ``time.monotonic()`` value after which the solver returns what it has.
+        max_memory: bytes the Jacobians may take; larger batches are solved in slices.
     """
 
     tol: float
@@ -49,6 +51,7 @@ class LMSettings:
     restarts: int = 3
     lam0: float = 1e-3
     deadline: float | None = None
+    max_memory: int | None = None
 
 
 @dataclass
@@ -92,6 +95,28 @@ def damped_step(
     return -torch.linalg.solve(a, g).squeeze(-1)
 
 
+def per_sample_bytes(m: int, n: int) -> int:
+    """Memory one sample's LM iteration holds: its Jacobian (kept, tried, stepped) and vectors."""
+    return 8 * (3 * m * n + 16 * (m + n) + m * m)
+
+
+def slice_size(m: int, n: int, max_memory: int | None) -> int | None:
+    """How many samples one LM slice may hold under ``max_memory`` (None: no limit).
+
+    Raises:
+        MemoryBudgetError: not even one sample fits.
+    """
+    if max_memory is None:
+        return None
+    need = per_sample_bytes(m, n)
+    if need > max_memory:
+        raise MemoryBudgetError(
+            f"one sample's Jacobian ({m} outputs x {n} inputs) needs {need / 2**30:.2f} GiB, "
+            f"more than the memory budget of {max_memory / 2**30:.2f} GiB (--max-memory)"
+        )
+    return max(1, max_memory // need)
+
+
 def levenberg_marquardt(
     residual: Residual,
     x0: torch.Tensor,
@@ -103,6 +128,9 @@ def levenberg_marquardt(
 ) -> LMOutcome:
     """Solve ``residual(x) = 0`` for every row of ``x0`` (B, n).
 
+    The batch is solved in slices that fit ``settings.max_memory``; the deadline is checked
+    between iterations and inside Jacobian evaluations.
+
     Args:
         residual: the residual provider.
         x0: starting points, inside the bounds.
@@ -111,10 +139,34 @@ def levenberg_marquardt(
         lo, hi: box bounds, or None for unbounded.
         on_finish: called with the number of samples that just finished (for progress bars).
     """
+    residual.deadline = settings.deadline
+    width = slice_size(residual.m, residual.n, settings.max_memory) or len(x0)
+    if len(x0) <= width:
+        return _solve(residual, x0, settings, new_start, lo, hi, on_finish, 0)
+    parts = [
+        _solve(residual, x0[i : i + width], settings, new_start, lo, hi, on_finish, i)
+        for i in range(0, len(x0), width)
+    ]
+    return LMOutcome(
+        torch.cat([p.x for p in parts]),
+        torch.cat([p.residual for p in parts]),
+        torch.cat([p.iterations for p in parts]),
+        torch.cat([p.converged for p in parts]),
+        any(p.timed_out for p in parts),
+    )
+
+
+def _solve(residual, x0, settings, new_start, lo, hi, on_finish, offset) -> LMOutcome:
+    """LM on one slice; rows are samples ``offset ...`` of the whole batch."""
     bounded = lo is not None
     x = x0.clone()
     b = x.shape[0]
-    r, jac = residual.value_and_jacobian(x, torch.arange(b))
+    try:
+        r, jac = residual.value_and_jacobian(x, torch.arange(b) + offset)
+    except DeadlineReached:
+        inf = torch.full((b,), float("inf"), dtype=x.dtype)
+        zeros = torch.zeros(b, dtype=torch.long)
+        return LMOutcome(x, inf, zeros, torch.zeros(b, dtype=torch.bool), True)
     err_fn = settings.error or _rmax
     rmax = _finite(err_fn(r))
     cost = _cost(r)
@@ -126,7 +178,7 @@ def levenberg_marquardt(
     finished = torch.zeros(b, dtype=torch.bool)
     timed_out = False
 
-    while True:
+    while not timed_out:
         solved = rmax <= settings.tol
         better = rmax < best_r
         best_x[better], best_r[better] = x[better], rmax[better]
@@ -144,7 +196,12 @@ def levenberg_marquardt(
             it_attempt[idx] = 0
             lam[idx] = settings.lam0
             x[idx] = new_start(len(idx)).to(x.dtype)
-            r[idx], jac[idx] = residual.value_and_jacobian(x[idx], idx)
+            try:
+                r[idx], jac[idx] = residual.value_and_jacobian(x[idx], idx + offset)
+            except DeadlineReached:
+                timed_out = True  # the fresh starts have no residual: keep the best points
+                x[idx], rmax[idx] = best_x[idx], best_r[idx]
+                break
             rmax[idx], cost[idx] = _finite(err_fn(r[idx])), _cost(r[idx])
             continue
         active = (~finished).nonzero().squeeze(1)
@@ -162,7 +219,7 @@ def levenberg_marquardt(
         x_try = xa + dx
         if bounded:
             x_try = x_try.clamp(lo, hi)
-        r_try = residual.value(x_try, active)
+        r_try = residual.value(x_try, active + offset)
         cost_try = _cost(r_try)
         ok = torch.isfinite(cost_try) & (cost_try < cost[active])
         it_attempt[active] += 1
@@ -172,7 +229,13 @@ def levenberg_marquardt(
         if acc.numel():
             lam[acc] = (lam[acc] / 3.0).clamp_min(LAMBDA_MIN)
             x[acc] = x_try[ok]
-            r[acc], jac[acc] = residual.value_and_jacobian(x[acc], acc)
+            try:
+                r[acc], jac[acc] = residual.value_and_jacobian(x[acc], acc + offset)
+            except DeadlineReached:
+                timed_out = True  # x moved without its residual: keep the best point instead
+                x[acc] = best_x[acc]
+                rmax[acc] = best_r[acc]
+                break
             rmax[acc], cost[acc] = _finite(err_fn(r[acc])), _cost(r[acc])
 
     better = rmax < best_r
