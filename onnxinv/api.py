@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import math
 import os
@@ -16,7 +17,14 @@ import numpy as np
 from . import model as model_mod
 from . import objective as objective_mod
 from .budget import parse_memory
-from .errors import MemoryBudgetError, OptionError, UnreachableTargetError
+from .errors import (
+    MemoryBudgetError,
+    ModelError,
+    OnnxInvError,
+    OptionError,
+    UnreachableTargetError,
+)
+from .repair import first_line
 from .result import InversionResult
 from .target import Target
 from .verify import verify
@@ -185,16 +193,40 @@ def invert(
         OnnxInvError: a subclass naming the problem, for any bad argument, model or target;
             :class:`UnreachableTargetError` when no sample verified.
     """
+    args = _passed(locals())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            result = _invert(**_passed(locals()))
+            result = _invert(**args)
         except UnreachableTargetError as exc:
             if exc.result is not None:
                 exc.result.notes.extend(_warning_notes(caught))
             raise
+        except (OnnxInvError, KeyboardInterrupt):
+            raise
+        except MemoryError:
+            raise MemoryBudgetError(
+                "out of memory: lower --max-memory, --chunk-size or --samples"
+            ) from None
+        except Exception as exc:
+            # The last line of defence: a bug of ours or a dependency's on a model onnxruntime
+            # runs is still one typed line naming where it happened, never a bare traceback.
+            if os.environ.get("ONNXINV_DEBUG"):
+                raise
+            raise ModelError(
+                f"onnxinv failed {_PHASE.get()}: {type(exc).__name__}: {first_line(exc)} "
+                "(run with --debug for the traceback, and please report it)"
+            ) from exc
     result.notes.extend(_warning_notes(caught))
     return result
+
+
+#: What ``invert`` is doing, for the message of an unexpected failure.
+_PHASE: contextvars.ContextVar[str] = contextvars.ContextVar("phase", default="while starting")
+
+
+def _phase(text: str) -> None:
+    _PHASE.set(text)
 
 
 def _passed(args: dict[str, Any]) -> dict[str, Any]:
@@ -237,6 +269,7 @@ def _invert(
     on_progress,
 ) -> InversionResult:
     t_start = time.perf_counter()
+    _phase("while checking the arguments")
     _validate(
         samples,
         seed,
@@ -264,6 +297,7 @@ def _invert(
         if not torch.cuda.is_available():
             raise OptionError("device 'cuda' requested but torch sees no CUDA device")
 
+    _phase("while loading the model")
     lm = model_mod.load(
         model,
         input=input,
@@ -273,11 +307,13 @@ def _invert(
         fixed=fixed,
         input_shape=parse_shape(input_shape),
     )
+    _phase("while reading the model's output")
     obj = objective_mod.build(lm, tgt, seed=seed)
     t_loaded = time.perf_counter()
 
     notes: list[str] = list(lm.notes)
     rng = np.random.default_rng(seed)
+    _phase("while converting the model for Jacobians")
     run = _MethodRun(
         lm, obj, method, rng, box, init_std, chunk_size, device, notes,
         lambda: _lm_settings(obj, max_iter, restarts, deadline, budget), deadline,
@@ -298,8 +334,10 @@ def _invert(
                 f"no rule plugin named {unknown[0]!r} to disable; installed: "
                 + ", ".join(sorted(reg.plugins))
             )
+        _phase("while partitioning the graph")
         part = partition(lm, reg, seed)
         plan_info = [line.strip() for line in describe(part, max_condition)]
+        _phase("while planning the backward pass")
         run.plan = Plan(
             lm,
             part,
@@ -316,6 +354,7 @@ def _invert(
     else:
         run.residual_provider()
     t_converted = time.perf_counter()
+    _phase(f"while solving ({method})")
     check, iterations, methods = run.solve(samples, on_progress)
     check, iterations, methods = _distinct(run, check, iterations, methods, deadline, notes)
     timed_out = deadline is not None and time.monotonic() > deadline

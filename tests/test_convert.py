@@ -5,17 +5,20 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription
 from torch import nn
 
 from onnxinv._ort import session
 from onnxinv.convert import compat, to_torch
+from onnxinv.convert.compat_pad import source_index
+from onnxinv.convert.compat_pool import same_pads
 from onnxinv.convert.compat_split import chunk_sizes
 from onnxinv.errors import ConversionError, ModelError
 
@@ -66,6 +69,15 @@ def ints(name: str, values: list[int]) -> onnx.TensorProto:
 
 def rand(*shape: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).random(shape).astype(np.float32)
+
+
+def randn(*shape: int, seed: int = 1) -> np.ndarray:
+    """Signed values: max-pooling over a -inf (not 0) padding only shows on negative input."""
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def floats(name: str, values: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(values, dtype=np.float32), name)
 
 
 # ------------------------------------------------------------------------- exported torch models
@@ -334,16 +346,18 @@ def test_allowzero_with_constant_zero_is_rejected() -> None:
     assert info.value.node == "r0"
 
 
-def test_average_pool_dilations_are_rejected() -> None:
-    nodes = [
-        helper.make_node(
-            "AveragePool", ["x"], ["y"], name="pool_0", kernel_shape=[2, 2], dilations=[2, 2]
-        )
-    ]
-    model = make_model(nodes, [1, 1, 6, 6], None, 19)
+@pytest.mark.parametrize("op_type", ["MaxPool", "AveragePool", "LpPool"])
+def test_pool_same_with_dilations_is_rejected(op_type: str) -> None:
+    # onnxruntime sizes the SAME padding from the undilated kernel, onnx's reference from the
+    # dilated one: no single meaning, so no converter.
+    attrs = {"kernel_shape": [3, 3], "dilations": [2, 2], "auto_pad": "SAME_UPPER"}
+    model = make_model(
+        [helper.make_node(op_type, ["x"], ["y"], name="pool_0", **attrs)], [1, 1, 6, 6], None, 19
+    )
     with pytest.raises(ConversionError, match="dilations") as info:
         to_torch(model, check=False)
-    assert info.value.op_type == "AveragePool"
+    assert info.value.op_type == op_type
+    assert info.value.node == "pool_0"
 
 
 def test_symbolic_non_batch_dimension_needs_sample_input() -> None:
@@ -623,3 +637,432 @@ def test_two_graph_outputs_are_rejected() -> None:
     model.graph.output.append(helper.make_tensor_value_info("x2", TensorProto.FLOAT, None))
     with pytest.raises(ModelError, match="one graph output"):
         to_torch(model)
+
+
+# ---------------------------------------------------- auto_pad, asymmetric pads, pooling, conv
+
+SPATIAL = {1: [7], 2: [6, 7], 3: [5, 4, 6]}
+
+#: (op_type, extra attributes): every pooling flavour whose padding behaves differently.
+POOLS = {
+    "max": ("MaxPool", {}),
+    "avg": ("AveragePool", {}),
+    "avg-include-pad": ("AveragePool", {"count_include_pad": 1}),
+    "lp3": ("LpPool", {"p": 3}),
+}
+
+
+def spatial_model(
+    op_type: str, opset: int, rank: int, inits: list[onnx.TensorProto] = (), **attrs
+) -> onnx.ModelProto:
+    inputs = ["x", *(init.name for init in inits)]
+    node = helper.make_node(op_type, inputs, ["y"], name=f"{op_type.lower()}_0", **attrs)
+    return make_model([node], ["N", 2, *SPATIAL[rank]], None, opset, inits)
+
+
+def conv_weights(op_type: str, kernel: list[int], group: int = 1) -> list[onnx.TensorProto]:
+    """Weights for 2 input and 4 output channels, and a bias."""
+    shape = [4, 2 // group, *kernel] if op_type == "Conv" else [2, 4 // group, *kernel]
+    return [floats("w", randn(*shape, seed=7)), floats("b", randn(4, seed=8))]
+
+
+def converts_and_matches(model: onnx.ModelProto, rank: int) -> None:
+    assert_matches_ort(to_torch(model, check=False), model, randn(2, 2, *SPATIAL[rank]))
+
+
+#: (kernel, stride, spatial rank): even and odd kernels, strided or not, at every rank.
+WINDOWS = [(2, 2, 2), (3, 1, 2), (3, 2, 2), (3, 2, 1), (2, 1, 1), (3, 2, 3), (2, 2, 3)]
+WINDOW_IDS = [f"k{k}s{s}-{r}d" for k, s, r in WINDOWS]
+
+
+@pytest.mark.parametrize(("kernel", "stride", "rank"), WINDOWS, ids=WINDOW_IDS)
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+@pytest.mark.parametrize("pool", POOLS)
+def test_pool_auto_pad(pool: str, auto_pad: str, kernel: int, stride: int, rank: int) -> None:
+    op_type, extra = POOLS[pool]
+    attrs = {"kernel_shape": [kernel] * rank, "strides": [stride] * rank, "auto_pad": auto_pad}
+    converts_and_matches(spatial_model(op_type, 19, rank, **attrs, **extra), rank)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "rank"), WINDOWS, ids=WINDOW_IDS)
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+@pytest.mark.parametrize("op_type", ["Conv", "ConvTranspose"])
+def test_conv_auto_pad(op_type: str, auto_pad: str, kernel: int, stride: int, rank: int) -> None:
+    attrs = {"kernel_shape": [kernel] * rank, "strides": [stride] * rank, "auto_pad": auto_pad}
+    model = spatial_model(op_type, 17, rank, conv_weights(op_type, [kernel] * rank), **attrs)
+    converts_and_matches(model, rank)
+
+
+#: (op_type, opset): every since_version of each operator that onnxruntime runs.
+OPSETS = [
+    ("MaxPool", 7),  # MaxPool-1
+    ("MaxPool", 8),
+    ("MaxPool", 10),
+    ("MaxPool", 11),
+    ("MaxPool", 12),
+    ("MaxPool", 22),
+    ("AveragePool", 7),
+    ("AveragePool", 10),
+    ("AveragePool", 11),
+    ("AveragePool", 19),
+    ("AveragePool", 22),
+    ("LpPool", 2),
+    ("LpPool", 11),
+    ("LpPool", 18),
+    ("LpPool", 22),
+    ("Conv", 7),  # Conv-1
+    ("Conv", 11),
+    ("Conv", 22),
+    ("ConvTranspose", 7),  # ConvTranspose-1
+    ("ConvTranspose", 11),
+    ("ConvTranspose", 22),
+]
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
+@pytest.mark.parametrize(("op_type", "opset"), OPSETS, ids=[f"{o}-{v}" for o, v in OPSETS])
+def test_auto_pad_at_every_opset(op_type: str, opset: int, auto_pad: str) -> None:
+    inits = conv_weights(op_type, [3, 3]) if op_type.startswith("Conv") else []
+    attrs = {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": auto_pad}
+    converts_and_matches(spatial_model(op_type, opset, 2, inits, **attrs), 2)
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"pads": [1, 0, 0, 1]},
+        {"pads": [2, 2, 2, 2]},  # more than half the kernel: torch cannot pad it itself
+        {"strides": [2, 2], "ceil_mode": 1},
+        {"strides": [2, 2], "ceil_mode": 1, "pads": [1, 1, 0, 0]},
+        {"strides": [2, 2], "ceil_mode": 1, "pads": [0, 0, 2, 2]},  # a window starts in the pad
+        {"dilations": [2, 2], "pads": [0, 1, 2, 1]},
+        {"dilations": [2, 1], "strides": [2, 2], "ceil_mode": 1, "pads": [1, 2, 1, 0]},
+    ],
+    ids=["asym", "wide", "ceil", "ceil-begin", "ceil-end", "dilated", "all"],
+)
+@pytest.mark.parametrize("pool", POOLS)
+def test_pool_explicit_pads(pool: str, attrs: dict) -> None:
+    op_type, extra = POOLS[pool]
+    converts_and_matches(spatial_model(op_type, 19, 2, kernel_shape=[3, 3], **attrs, **extra), 2)
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"pads": [1, 0, 0, 2]},
+        {"strides": [2, 2], "pads": [1, 1, 0, 0], "output_padding": [1, 1]},
+        {"strides": [2, 2], "output_shape": [12, 13]},
+        {"strides": [2, 2], "output_shape": [14, 16], "auto_pad": "SAME_UPPER"},  # zero-filled
+        {"strides": [2, 3], "dilations": [2, 1], "group": 2, "auto_pad": "SAME_LOWER"},
+    ],
+    ids=["asym", "output-padding", "output-shape", "output-shape-larger", "grouped-dilated"],
+)
+def test_conv_transpose_pads(attrs: dict) -> None:
+    inits = conv_weights("ConvTranspose", [3, 3], attrs.get("group", 1))
+    converts_and_matches(
+        spatial_model("ConvTranspose", 22, 2, inits, kernel_shape=[3, 3], **attrs), 2
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "upper", "lower"),
+    [
+        (7, 3, 2, (1, 1), (1, 1)),
+        (6, 2, 2, (0, 0), (0, 0)),
+        (7, 2, 1, (0, 1), (1, 0)),
+        (5, 4, 2, (1, 2), (2, 1)),
+    ],
+)
+def test_same_pads(size, kernel, stride, upper, lower) -> None:
+    for auto_pad, expected in (("SAME_UPPER", upper), ("SAME_LOWER", lower)):
+        begin, end = same_pads([size], [kernel], [stride], [1], auto_pad)
+        assert (begin[0], end[0]) == expected
+        assert (size + begin[0] + end[0] - kernel) // stride + 1 == -(-size // stride)
+
+
+@pytest.mark.parametrize("opset", [13, 22])
+def test_keras_nhwc_pattern(opset: int) -> None:
+    """tf2onnx's Keras CNN: NHWC input, transposed around SAME-padded Conv and MaxPool."""
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["nchw"], name="to_nchw", perm=[0, 3, 1, 2]),
+        helper.make_node(
+            "Conv",
+            ["nchw", "w", "b"],
+            ["conv"],
+            name="conv",
+            kernel_shape=[3, 3],
+            auto_pad="SAME_UPPER",
+        ),
+        helper.make_node("Relu", ["conv"], ["relu"], name="relu"),
+        helper.make_node(
+            "MaxPool",
+            ["relu"],
+            ["pool"],
+            name="pool",
+            kernel_shape=[2, 2],
+            strides=[2, 2],
+            auto_pad="SAME_UPPER",
+        ),
+        helper.make_node("Transpose", ["pool"], ["nhwc"], name="to_nhwc", perm=[0, 2, 3, 1]),
+        helper.make_node("Reshape", ["nhwc", "flat"], ["features"], name="flatten"),
+        helper.make_node("MatMul", ["features", "dense"], ["logits"], name="dense"),
+        helper.make_node("Softmax", ["logits"], ["y"], name="softmax", axis=-1),
+    ]
+    inits = [
+        floats("w", randn(4, 1, 3, 3, seed=3)),
+        floats("b", randn(4, seed=4)),
+        ints("flat", [1, -1]),
+        floats("dense", randn(64, 10, seed=5) * 0.3),
+    ]
+    model = make_model(nodes, [1, 8, 8, 1], [1, 10], opset, inits)
+    onnx.checker.check_model(model, full_check=True)
+    module = to_torch(model)
+    for seed in (1, 2):
+        assert_matches_ort(module, model, randn(1, 8, 8, 1, seed=seed))
+    x = torch.from_numpy(randn(1, 8, 8, 1, seed=6)).double().requires_grad_()
+    assert torch.autograd.gradcheck(module.double(), (x,), eps=1e-6, atol=1e-5)
+
+
+def test_new_modules_differentiate_in_double() -> None:
+    # Jacobians come from autograd in float64: Pad (reflect, every axis), SAME AveragePool,
+    # LpPool with ceil_mode, asymmetric ConvTranspose.
+    nodes = [
+        helper.make_node("Pad", ["x", "pads"], ["p"], name="pad", mode="reflect"),
+        helper.make_node(
+            "AveragePool",
+            ["p"],
+            ["a"],
+            name="avg",
+            kernel_shape=[3, 3],
+            strides=[2, 2],
+            auto_pad="SAME_LOWER",
+        ),
+        helper.make_node(
+            "LpPool",
+            ["a"],
+            ["l"],
+            name="lp",
+            kernel_shape=[2, 2],
+            ceil_mode=1,
+            p=3,
+            strides=[2, 1],
+        ),
+        helper.make_node(
+            "ConvTranspose",
+            ["l", "w", "b"],
+            ["y"],
+            name="deconv",
+            kernel_shape=[3, 3],
+            strides=[2, 2],
+            pads=[1, 0, 0, 1],
+        ),
+    ]
+    inits = [ints("pads", [0, 0, 1, 2, 0, 0, 2, 1]), *conv_weights("ConvTranspose", [3, 3])]
+    model = make_model(nodes, ["N", 2, 4, 5], None, 19, inits)
+    module = to_torch(model).double()
+    x = torch.from_numpy(randn(1, 2, 4, 5)).double().requires_grad_()
+    assert torch.autograd.gradcheck(module, (x,), eps=1e-6, atol=1e-5)
+
+
+def test_max_pool_indices_output_is_rejected() -> None:
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["p", "i"], name="pool_0", kernel_shape=[2]),
+        helper.make_node("Cast", ["i"], ["y"], name="cast_0", to=TensorProto.FLOAT),
+    ]
+    with pytest.raises(ConversionError, match="Indices") as info:
+        to_torch(make_model(nodes, ["N", 2, 7], None, 12), check=False)
+    assert info.value.node == "pool_0"
+
+
+@pytest.mark.parametrize(
+    ("op_type", "attrs", "opset"),
+    [
+        ("GlobalMaxPool", {}, 7),
+        ("GlobalMaxPool", {}, 22),
+        ("GlobalLpPool", {"p": 3}, 7),
+        ("GlobalLpPool", {"p": 3}, 21),  # onnxruntime has no GlobalLpPool-22
+    ],
+)
+def test_global_pools(op_type: str, attrs: dict, opset: int) -> None:
+    converts_and_matches(spatial_model(op_type, opset, 3, **attrs), 3)
+
+
+# ------------------------------------------------------------------------------ Pad, any rank
+
+PAD_SHAPE = [3, 4, 5, 3, 4, 3]
+
+
+def pad_model(opset: int, mode: str, pads: list[int], rank: int, axes=None, value=None):
+    attrs, inputs, inits = {"mode": mode}, ["x"], []
+    if opset < 11:
+        attrs["pads"] = pads
+        if value is not None:
+            attrs["value"] = value
+    else:
+        inputs.append("pads")
+        inits.append(ints("pads", pads))
+        if value is not None or axes is not None:
+            inputs.append("" if value is None else "value")
+        if value is not None:
+            inits.append(floats("value", np.float32(value)))
+        if axes is not None:
+            inputs.append("axes")
+            inits.append(ints("axes", axes))
+    node = helper.make_node("Pad", inputs, ["y"], name="pad_0", **attrs)
+    return make_model([node], PAD_SHAPE[:rank], None, opset, inits)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 4, 6])
+@pytest.mark.parametrize(
+    ("mode", "opset"),
+    [("reflect", 2), ("edge", 2), ("reflect", 11), ("edge", 13), ("reflect", 18), ("wrap", 19)],
+)
+def test_pad_any_rank(mode: str, opset: int, rank: int) -> None:
+    # Every axis, the leading ones included, padded differently: F.pad cannot do these.
+    begin = [i % 3 for i in range(rank)]
+    end = [(i + 1) % 3 for i in range(rank)]
+    model = pad_model(opset, mode, begin + end, rank)
+    x = randn(*PAD_SHAPE[:rank])
+    assert_matches_ort(to_torch(model, sample_input=x), model, x)
+
+
+@pytest.mark.parametrize(
+    ("mode", "opset", "pads", "axes", "value"),
+    [
+        ("constant", 2, [0, 1, 2, 0, 2, 1], None, 1.5),  # Pad-2's value attribute
+        ("constant", 11, [0, -1, 2, 1, 2, -2], None, -0.5),  # negative pads crop
+        ("reflect", 13, [0, -1, 2, 1, 2, -2], None, None),
+        ("edge", 18, [2, 1, 0, 3], [0, -1], None),
+        ("reflect", 19, [2, 2], [-2], None),
+    ],
+)
+def test_pad_values_crops_and_axes(mode, opset, pads, axes, value) -> None:
+    model = pad_model(opset, mode, pads, 3, axes=axes, value=value)
+    x = randn(*PAD_SHAPE[:3])
+    assert_matches_ort(to_torch(model, sample_input=x), model, x)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "edge", "wrap"])
+def test_source_index_matches_numpy(mode: str) -> None:
+    numpy_mode = {"edge": "edge", "reflect": "reflect", "wrap": "wrap"}[mode]
+    for size, begin, end in [(4, 3, 3), (3, 0, 2), (5, 1, 0), (1, 2, 2)]:
+        if mode == "reflect" and size == 1:
+            continue
+        expected = np.pad(np.arange(size), (begin, end), mode=numpy_mode)
+        np.testing.assert_array_equal(source_index(size, begin, end, mode).numpy(), expected)
+
+
+# --------------------------------------------------------- old opsets and missing operators
+
+
+FLATTEN_CASES = [([2, 3, 4], axis, 13) for axis in range(-3, 4)] + [
+    ([2, 3, 4], 0, 7),  # Flatten-1
+    ([2, 3, 4], 3, 7),
+    ([5], 0, 7),
+    ([5], 1, 13),
+]
+
+
+@pytest.mark.parametrize(("shape", "axis", "opset"), FLATTEN_CASES)
+def test_flatten_every_axis(shape: list[int], axis: int, opset: int) -> None:
+    model = make_model([helper.make_node("Flatten", ["x"], ["y"], axis=axis)], shape, None, opset)
+    x = randn(*shape)
+    assert_matches_ort(to_torch(model, sample_input=x), model, x)
+
+
+def test_slice_1() -> None:
+    node = helper.make_node("Slice", ["x"], ["y"], starts=[1, -3], ends=[1000, -1], axes=[0, 2])
+    model = make_model([node], [3, 4, 5], None, 7)
+    assert_matches_ort(to_torch(model), model, randn(3, 4, 5))
+
+
+def test_shrink() -> None:
+    node = helper.make_node("Shrink", ["x"], ["y"], bias=0.5, lambd=0.7)
+    model = make_model([node], ["N", 5], None, 10)
+    assert_matches_ort(to_torch(model), model, randn(4, 5))
+
+
+@pytest.mark.parametrize(
+    ("split", "attrs", "position"),
+    [(None, {"keepdims": 0}, 1), (None, {}, -1), (2, {}, 1), ([1, 3], {}, 1)],
+    ids=["squeezed", "kept", "scalar-split", "lengths"],
+)
+def test_split_to_sequence_at(split, attrs: dict, position: int) -> None:
+    inputs, inits = ["x"], [ints("pos", [position])]
+    if split is not None:
+        inputs.append("split")
+        shape = [] if isinstance(split, int) else [len(split)]
+        values = [split] if isinstance(split, int) else split
+        inits.append(helper.make_tensor("split", TensorProto.INT64, shape, values))
+    inits[0] = helper.make_tensor("pos", TensorProto.INT64, [], [position])
+    nodes = [
+        helper.make_node("SplitToSequence", inputs, ["seq"], axis=1, **attrs),
+        helper.make_node("SequenceAt", ["seq", "pos"], ["y"]),
+    ]
+    model = make_model(nodes, ["N", 4, 3], None, 12, inits)
+    assert_matches_ort(to_torch(model), model, randn(2, 4, 3))
+
+
+@pytest.mark.parametrize("new_axis", [0, 1])
+def test_concat_from_sequence(new_axis: int) -> None:
+    nodes = [
+        helper.make_node("SplitToSequence", ["x"], ["seq"], axis=2, keepdims=0),
+        helper.make_node("ConcatFromSequence", ["seq"], ["y"], axis=1, new_axis=new_axis),
+    ]
+    model = make_model(nodes, ["N", 4, 3], None, 12)
+    assert_matches_ort(to_torch(model), model, randn(2, 4, 3))
+
+
+# ------------------------------------------------------ the onnx wheel's backend test models
+
+BACKEND_DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
+
+#: models (pytorch-converted / pytorch-operator / simple) the converters above make convertible.
+BACKEND_MODELS = [
+    "pytorch-converted/test_ConstantPad2d",
+    "pytorch-converted/test_ReflectionPad2d",
+    "pytorch-converted/test_ReplicationPad2d",
+    "pytorch-converted/test_MaxPool1d_stride",
+    "pytorch-converted/test_MaxPool3d_stride_padding",
+    "pytorch-operator/test_operator_pad",
+    "pytorch-operator/test_operator_maxpool",
+    "pytorch-operator/test_operator_symbolic_override",
+    "pytorch-operator/test_operator_view",
+    "pytorch-operator/test_operator_flatten",
+    "pytorch-operator/test_operator_index",
+    "simple/test_shrink",
+    "simple/test_sequence_model7",
+]
+
+
+def backend_case(name: str) -> tuple[onnx.ModelProto, np.ndarray]:
+    folder = BACKEND_DATA / name
+    if not folder.is_dir():
+        pytest.skip(f"{name} is not in this onnx wheel")
+    tensor = onnx.load_tensor(str(folder / "test_data_set_0" / "input_0.pb"))
+    return onnx.load(str(folder / "model.onnx")), numpy_helper.to_array(tensor).copy()
+
+
+@pytest.mark.parametrize("name", BACKEND_MODELS)
+def test_backend_model_converts(name: str) -> None:
+    model, x = backend_case(name)
+    module = to_torch(model, sample_input=x)
+    expected = numpy_helper.to_array(
+        onnx.load_tensor(str(BACKEND_DATA / name / "test_data_set_0" / "output_0.pb"))
+    )
+    with torch.no_grad():
+        out = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("output", [0, 1])
+def test_backend_chunk_converts_per_output(output: int) -> None:
+    # Split-2 with a `split` attribute and two graph outputs: to_torch takes one output, which
+    # onnxinv.model.load selects; each converts.
+    model, x = backend_case("pytorch-operator/test_operator_chunk")
+    with pytest.raises(ModelError, match="one graph output"):
+        to_torch(model, sample_input=x)
+    chosen = model.graph.output[output]
+    del model.graph.output[:]
+    model.graph.output.append(chosen)
+    assert_matches_ort(to_torch(model, sample_input=x), model, x)

@@ -498,3 +498,18 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     res = CliRunner().invoke(main, ["--debug", *args])
     monkeypatch.delenv("ONNXINV_DEBUG", raising=False)
     assert res.exit_code != 0 and isinstance(res.exception, RuntimeError)
+
+
+def test_an_unexpected_failure_is_a_model_error_naming_the_phase(monkeypatch):
+    import onnxinv.api as api
+
+    def broken(*args, **kwargs):
+        raise ValueError("inhomogeneous shape")
+
+    monkeypatch.setattr(api, "partition", broken, raising=False)
+    monkeypatch.setattr("onnxinv.graph.partition", broken)
+    monkeypatch.delenv("ONNXINV_DEBUG", raising=False)
+    with pytest.raises(ModelError) as info:
+        invert(_wide(4, 2), {"values": [[1.0, 1.0]]})
+    line = one_line(info.value)
+    assert "while partitioning the graph" in line and "ValueError: inhomogeneous shape" in line

@@ -11,9 +11,13 @@ Where a new version added an attribute that only matters when set, :data:`GUARDE
 the older converter behind a check that the attribute has its neutral value. Where the meaning
 changed, separate modules hold real converters: :mod:`.compat_reshape` (``allowzero``),
 :mod:`.compat_reduce` (``axes`` as an input), :mod:`.compat_split` (``num_outputs``),
-:mod:`.compat_pad` (``axes`` input, ``wrap`` mode), :mod:`.compat_cast` (Cast that follows
-``.double()``, CastLike) and :mod:`.compat_activations` (Gelu, Mish: new operators that exporters
-emit).
+:mod:`.compat_pad` (every Pad version, any rank and axes, ``wrap`` mode), :mod:`.compat_pool`
+(MaxPool, AveragePool, LpPool, Conv, ConvTranspose at every version with ``auto_pad`` and
+asymmetric pads; GlobalMaxPool, GlobalLpPool), :mod:`.compat_cast` (Cast that follows
+``.double()``, CastLike), :mod:`.compat_activations` (Gelu, Mish, Shrink: operators onnx2torch
+lacks), :mod:`.compat_flatten` (every axis, 1-D input), :mod:`.compat_sequence` (the sequence
+operators that split a tensor and take parts back) and :mod:`.compat_legacy` (versions older than
+onnx2torch's first, e.g. Slice-1).
 """
 
 from __future__ import annotations
@@ -28,9 +32,13 @@ from . import (
     _registry,
     compat_activations,
     compat_cast,
+    compat_flatten,
+    compat_legacy,
     compat_pad,
+    compat_pool,
     compat_reduce,
     compat_reshape,
+    compat_sequence,
     compat_split,
 )
 
@@ -42,8 +50,6 @@ ALIASES: dict[str, tuple[int, str]] = {
     "Celu": (28, "float16/double/bfloat16"),
     "Constant": (25, "float8/int4/float4/int2 types"),
     "ConstantOfShape": (25, "bfloat16/float8/int4/float4/int2 types"),
-    "Conv": (22, "bfloat16"),
-    "ConvTranspose": (22, "bfloat16"),
     "Cos": (22, "bfloat16"),
     "DepthToSpace": (28, "a function body; same semantics"),
     "Dropout": (22, "bfloat16/float8 types"),
@@ -51,7 +57,6 @@ ALIASES: dict[str, tuple[int, str]] = {
     "Elu": (22, "bfloat16"),
     "Equal": (19, "string"),
     "EyeLike": (22, "bfloat16"),
-    "Flatten": (25, "float8/int4/float4/int2 types"),
     "GlobalAveragePool": (22, "bfloat16"),
     "GreaterOrEqual": (16, "bfloat16"),
     "HardSigmoid": (22, "bfloat16"),
@@ -61,7 +66,6 @@ ALIASES: dict[str, tuple[int, str]] = {
     "IsInf": (20, "float16/bfloat16/float8"),
     "IsNaN": (20, "float8"),
     "LessOrEqual": (16, "bfloat16"),
-    "MaxPool": (22, "bfloat16"),
     "Mod": (28, "fmod=0 defined for floats as A - floor(A/B)*B, i.e. torch.remainder"),
     "Range": (27, "float16/bfloat16 and stash_type, which only affects those"),
     "RoiAlign": (22, "bfloat16"),
@@ -80,11 +84,6 @@ ALIASES: dict[str, tuple[int, str]] = {
 }
 
 
-def _average_pool_guard(node: OnnxNode) -> None:
-    if any(d != 1 for d in node.attributes.get("dilations", [])):
-        raise NotImplementedError("AveragePool with dilations other than 1 is not supported")
-
-
 def _resize_guard(node: OnnxNode) -> None:
     attrs = node.attributes
     if attrs.get("antialias", 0) != 0:
@@ -101,7 +100,6 @@ Guard = Callable[[OnnxNode], None]
 
 #: op_type -> (newest since_version reviewed, check that new attributes are neutral).
 GUARDED_ALIASES: dict[str, tuple[int, Guard]] = {
-    "AveragePool": (22, _average_pool_guard),  # 19: dilations; 22: bfloat16
     "Resize": (19, _resize_guard),  # 18: antialias, axes, keep_aspect_ratio; 19: half_pixel_sym.
 }
 
@@ -112,7 +110,11 @@ _FAMILIES = (
     compat_reduce,
     compat_split,
     compat_pad,
+    compat_pool,
     compat_activations,
+    compat_flatten,
+    compat_sequence,
+    compat_legacy,
 )
 
 _ADDED: list[tuple[str, int, str]] = []
@@ -165,9 +167,11 @@ def _install_guarded() -> None:
 def install() -> None:
     """Register the compatibility converters into onnx2torch; safe to call any number of times.
 
-    Existing registry entries are never replaced, except two of onnx2torch's own, by strict
-    supersets: Reshape-14 (which rejects ``allowzero=1``) and Cast-9/13 (whose float32 target
-    ignores ``.double()``).
+    Existing registry entries are never replaced, except some of onnx2torch's own, by strict
+    supersets: Reshape-14 (which rejects ``allowzero=1``), Cast-9/13 (whose float32 target
+    ignores ``.double()``), Flatten (``axis`` 0 or rank), Pad-2/11/13 (Pad-2's ``value``;
+    reflect/edge at any rank) and the pooling and convolution converters (``auto_pad``; they
+    delegate to onnx2torch's otherwise).
     """
     for family in _FAMILIES:
         _ADDED.extend((op, version, "converter") for op, version in family.install())

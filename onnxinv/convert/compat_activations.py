@@ -1,7 +1,9 @@
 """Activations that current exporters emit as single operators and onnx2torch lacks entirely.
 
 ``torch.onnx.export`` at opset 20 writes ``nn.GELU`` as Gelu-20, and the dynamo exporter writes
-``nn.Mish`` as Mish-18; both have exact torch counterparts. Mish-22 only adds bfloat16.
+``nn.Mish`` as Mish-18; both have exact torch counterparts. Mish-22 only adds bfloat16. Shrink-9
+(``nn.Hardshrink``/``nn.Softshrink`` exported by hand, or written by other converters) is
+``x - bias`` above ``lambd``, ``x + bias`` below ``-lambd`` and 0 in between.
 """
 
 from __future__ import annotations
@@ -47,10 +49,37 @@ def convert_mish(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     )
 
 
+class Shrink(nn.Module):
+    """ONNX Shrink."""
+
+    def __init__(self, bias: float, lambd: float):
+        super().__init__()
+        self.bias = bias
+        self.lambd = lambd
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x - bias`` where ``x > lambd``, ``x + bias`` where ``x < -lambd``, else 0."""
+        zero = torch.zeros_like(x)
+        return torch.where(
+            x > self.lambd, x - self.bias, torch.where(x < -self.lambd, x + self.bias, zero)
+        )
+
+
+def convert_shrink(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """Converter for Shrink-9."""
+    del graph
+    module = Shrink(
+        bias=float(node.attributes.get("bias", 0.0)),
+        lambd=float(node.attributes.get("lambd", 0.5)),
+    )
+    return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
+
+
 #: op_type -> (converter, newest since_version reviewed).
 CONVERTERS: dict[str, tuple[_registry.Converter, int]] = {
     "Gelu": (convert_gelu, 20),
     "Mish": (convert_mish, 22),
+    "Shrink": (convert_shrink, 9),
 }
 
 
