@@ -41,16 +41,42 @@ def session(model_bytes: bytes, device: str = "cpu") -> ort.InferenceSession:
 
 
 def all_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every node output of ``model`` (not only its graph outputs) on ``feeds``."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    present = {o.name for o in probe.graph.output}
-    for node in probe.graph.node:
+    """Every tensor node output of ``model`` (not only its graph outputs) on ``feeds``.
+
+    Outputs are exposed with their inferred types; sequences and maps (and outputs whose type
+    inference cannot tell, when exposing them untyped fails) are left out.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        inferred = model
+    types = {vi.name: vi for vi in (*inferred.graph.value_info, *inferred.graph.output)}
+    present = {o.name for o in model.graph.output}
+    typed, untyped = [], []
+    for node in model.graph.node:
         for name in node.output:
-            if name and name not in present:
-                probe.graph.output.append(onnx.ValueInfoProto(name=name))
-                present.add(name)
-    sess = session(probe.SerializeToString())
+            if not name or name in present:
+                continue
+            present.add(name)
+            vi = types.get(name)
+            if vi is None or not vi.type.WhichOneof("value"):
+                untyped.append(onnx.ValueInfoProto(name=name))
+            elif vi.type.HasField("tensor_type"):
+                typed.append(vi)
+    for extra in (untyped, []):
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        probe.graph.output.extend([*typed, *extra])
+        try:
+            sess = session(probe.SerializeToString())
+            break
+        except Exception:
+            if not extra:
+                raise
     names = [o.name for o in sess.get_outputs()]
     results = sess.run(names, feeds)
-    return {name: np.asarray(value) for name, value in zip(names, results, strict=True)}
+    return {
+        name: value
+        for name, value in zip(names, results, strict=True)
+        if isinstance(value, np.ndarray)
+    }

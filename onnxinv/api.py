@@ -507,7 +507,7 @@ class _MethodRun:
             # A block's LM (its outputs × its inputs) does not fit where the whole model's
             # may (fewer outputs): solve the whole model instead.
             self.notes.append(f"the plan was abandoned ({exc}); the forward pass solved instead")
-            self.method = "forward"
+            self.method, self.plan = "forward", None
             return self.solve(k, on_progress)
         flat = np.concatenate(chunks)
         iterations = np.zeros(k, dtype=np.int64)

@@ -12,6 +12,7 @@ on centred logits; for a fully invertible MLP no LM runs at all.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -216,6 +217,10 @@ class Plan:
 
         self.used_lm = True
         b = len(fam.v0)
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            # Out of time: no conversion or LM for the blocks left; the samples stay flagged.
+            exact[:] = False
+            return Family.point(np.zeros((b, self.sizes[src])))
         objective = FamilyObjective(fam)
         key = (src, dst)
         if key not in self._modules:

@@ -513,3 +513,23 @@ def test_an_unexpected_failure_is_a_model_error_naming_the_phase(monkeypatch):
         invert(_wide(4, 2), {"values": [[1.0, 1.0]]})
     line = one_line(info.value)
     assert "while partitioning the graph" in line and "ValueError: inhomogeneous shape" in line
+
+
+def test_sequence_tensors_inside_the_graph():
+    """SequenceConstruct → ConcatFromSequence (backend test_sequence_model*): no crash, solved."""
+    model = _opset_model(
+        [
+            helper.make_node("SequenceConstruct", ["x", "z"], ["seq"]),
+            helper.make_node("ConcatFromSequence", ["seq"], ["c"], axis=0),
+            helper.make_node("MatMul", ["c", "W"], ["y"]),
+        ],
+        [value_info("x", [2, 3]), value_info("z", [2, 3])],
+        [value_info("y", [4, 2])],
+        [const("W", np.array([[1.0, 0.5], [0.2, -1.0], [0.3, 0.3]]))],
+    )
+    z = np.full((2, 3), 0.25, np.float32)
+    x = np.array([[0.1, -0.2, 0.3], [0.0, 0.4, -0.1]], np.float32)
+    y = session(model).run(None, {"x": x, "z": z})[0]
+    result = invert(model, {"values": y.tolist()}, input="x", fixed={"z": z}, samples=3)
+    assert result.all_verified
+    assert_reproduces(model, result, y, feeds={"z": z})
