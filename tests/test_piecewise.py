@@ -1,15 +1,17 @@
-"""Relu, Sign, Shrink and MaxPool: operators whose preimage of a point is a set.
+"""Relu, Sign, Shrink, MaxPool, Max and Min: operators whose preimage of a point is a set.
 
 Each one-node model is built here with ``onnx.helper``; the target is onnxruntime's output on a
 random input, so it is reachable. ``onnxinv.invert`` must return 4 inputs that a fresh
 onnxruntime session maps to the target within 1e-4, pairwise different (the rules draw a
 random member of the preimage set). The backend test models of the installed onnx wheel that
-are a single such operator must verify every sample too.
+are a single such operator must verify every sample too. Max and Min are inverted along one
+input with the others constant (the backend's two-input models with the second one fixed).
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx.version_converter import convert_version
 
 import onnxinv
 from onnxinv import model as model_mod
@@ -253,3 +256,128 @@ def test_backend_model_verifies(name: str):
         np.testing.assert_array_equal(result.inputs.ravel(), target.ravel())
     assert result.all_verified, result
     assert_reproduces(model, result, target, n)
+
+
+# ------------------------------------------------------- Max/Min along one input, others constant
+
+EXTREMUM_SHAPE = (3, 4)  # per-sample (C, W)
+CONSTANT_SHAPES = {"scalar": (), "per-channel": (3, 1), "full": EXTREMUM_SHAPE}
+
+
+def extremum_model(op: str, n_const: int, c_shape: tuple[int, ...], batch, rng) -> onnx.ModelProto:
+    """``op`` of ``x`` and ``n_const`` random constants of shape ``c_shape`` (data in the middle
+    when there are two)."""
+    names = [f"c{i}" for i in range(n_const)]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal(c_shape).astype(np.float32), n) for n in names
+    ]
+    inputs = [*names[:1], "x", *names[1:]] if n_const == 2 else ["x", *names]
+    graph = helper.make_graph(
+        [helper.make_node(op, inputs, ["y"])],
+        f"single_{op}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, *EXTREMUM_SHAPE])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=inits,
+    )
+    imports = [helper.make_opsetid("", OPSET)]
+    model = helper.make_model(graph, opset_imports=imports)
+    model.ir_version = helper.find_min_ir_version_for(imports)
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("batch", BATCHES, ids=["batchN", "batch2"])
+@pytest.mark.parametrize("c_shape", CONSTANT_SHAPES.values(), ids=list(CONSTANT_SHAPES))
+@pytest.mark.parametrize("n_const", [1, 2], ids=["1const", "2const"])
+@pytest.mark.parametrize("op", ["Max", "Min"])
+def test_max_min_with_constants_inverted_exactly(op, n_const, c_shape, batch):
+    rng = np.random.default_rng(11)
+    model = extremum_model(op, n_const, c_shape, batch, rng)
+    rule = _rule(model)
+    assert isinstance(rule, pw.Max if op == "Max" else pw.Min)
+    sess = session(model)
+    x0 = rng.standard_normal(feed_shape(sess)).astype(np.float32)
+    target = sess.run(None, {"x": x0})[0]
+    clipped = target != x0
+    assert clipped.any() and not clipped.all()  # some entries sit at the constant, some not
+    result = onnxinv.invert(
+        model, {"values": target.ravel().tolist()}, samples=SAMPLES, seed=0, method="backward"
+    )
+    assert_reproduces(model, result, target)
+    assert result.all_verified
+    assert set(result.methods) == {"backward"}
+    # Entries above (Max) or below (Min) the constant are determined; clipped ones are free.
+    x = np.asarray(result.inputs).reshape(SAMPLES, *target.shape)
+    assert (x[:, ~clipped] == target[~clipped]).all()
+    assert (np.ptp(x[:, clipped], axis=0) > 0).all()
+
+
+@pytest.mark.parametrize(
+    ("inputs", "c_shape", "reason"),
+    [
+        (["x", "x"], None, "two or more data tensors"),
+        (["x", "c"], (3, 4), "broadcast the data to a larger shape"),
+    ],
+    ids=["two-data", "data-broadcast"],
+)
+@pytest.mark.parametrize("op", ["Max", "Min"])
+def test_max_min_not_invertible_is_opaque(op, inputs, c_shape, reason):
+    inits = [] if c_shape is None else [numpy_helper.from_array(np.ones(c_shape, np.float32), "c")]
+    graph = helper.make_graph(
+        [helper.make_node(op, inputs, ["y"])],
+        f"single_{op}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=inits,
+    )
+    imports = [helper.make_opsetid("", OPSET)]
+    model = helper.make_model(graph, opset_imports=imports)
+    model.ir_version = helper.find_min_ir_version_for(imports)
+    part = partition(model_mod.load(model), default_registry())
+    assert [b.kind for b in part.blocks] == ["opaque"]
+    assert reason in part.first_without_rule.reason
+
+
+def _upgraded_opset(notes: list[str]) -> int | None:
+    """The opset onnxinv upgraded the model to (and verified on), from its note; None if not."""
+    for note in notes:
+        found = re.search(r"upgraded from opset \d+ to (\d+)", note)
+        if found:
+            return int(found.group(1))
+    return None
+
+
+@pytest.mark.parametrize("name", ["test_operator_max", "test_operator_min"])
+def test_backend_max_min_with_second_input_fixed(name: str):
+    """Input "0" inverted with "1" held at its test value, checked on the model onnxinv ran."""
+    folder = BACKEND / "pytorch-operator" / name
+    model = onnx.load(folder / "model.onnx")
+    x0, x1 = (
+        numpy_helper.to_array(onnx.load_tensor(folder / "test_data_set_0" / f"input_{i}.pb"))
+        for i in (0, 1)
+    )
+    try:
+        target = session(model).run(None, {"0": x0, "1": x1})[0]
+    except Exception:  # an opset-6 kernel onnxruntime may not have
+        target = session(convert_version(model, 13)).run(None, {"0": x0, "1": x1})[0]
+    result = onnxinv.invert(
+        model,
+        {"values": target.ravel().tolist()},
+        input="0",
+        fixed={"1": x1},
+        samples=SAMPLES,
+        seed=0,
+        method="backward",
+    )
+    assert result.all_verified, result
+    assert set(result.methods) == {"backward"}
+    opset = _upgraded_opset(result.notes)
+    sess = session(model if opset is None else convert_version(model, opset))
+    x = np.asarray(result.inputs)
+    assert len(x) == SAMPLES
+    for xi in x:
+        got = sess.run(None, {"0": xi.reshape(x0.shape), "1": x1})[0]
+        assert np.abs(got.astype(np.float64) - target).max() <= TOL
+    for i, j in itertools.combinations(range(SAMPLES), 2):
+        assert np.abs(x[i] - x[j]).max() > 1e-6, f"samples {i} and {j} are the same"

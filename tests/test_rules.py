@@ -451,6 +451,40 @@ case(
     _plain("MaxPool", kernel_shape=[2, 3], strides=[1, 2], auto_pad="VALID"),
 )
 
+
+# Max/Min of the data and constants (seeded normal, so about half the outputs are clipped to
+# them). Max(x) alone is the identity and the only configuration before opset 8 that runs with
+# a symbolic batch (Max-6 does not broadcast); "bad": an output beyond every constant.
+def _extremum(op, c_shapes, data_at=0):
+    def build(opset, rng):
+        names = [f"c{i}" for i in range(len(c_shapes))]
+        inits = [_f32(n, rng.standard_normal(s)) for n, s in zip(names, c_shapes, strict=True)]
+        return N(op, [*names[:data_at], "x", *names[data_at:]]), inits
+
+    return build
+
+
+for _op, _rule, _bad in (("Max", pw.Max, [-100.0, -10.0]), ("Min", pw.Min, [100.0, 10.0])):
+    _low = _op.lower()
+    case(f"{_low}-single-input", _rule, [5], _extremum(_op, []), extra={"unique": True})
+    case(f"{_low}-x-c-full-5", _rule, [5], _extremum(_op, [(5,)]), min_opset=8, extra={"bad": _bad})
+    case(
+        f"{_low}-c-x-lastdim-2x3",
+        _rule,
+        [2, 3],
+        _extremum(_op, [(3,)], data_at=1),
+        min_opset=8,
+        extra={"bad": _bad},
+    )
+    case(
+        f"{_low}-c-x-c-batch1-scalar-2x3",
+        _rule,
+        [2, 3],
+        _extremum(_op, [(1, 2, 1), ()], data_at=1),
+        min_opset=8,
+        extra={"bad": _bad},
+    )
+
 PARAMS = [pytest.param(c, v, id=f"{c.name}-opset{v}") for c in CASES for v in c.opsets()]
 LATEST = [pytest.param(c, c.opsets()[-1], id=c.name) for c in CASES]
 
@@ -781,6 +815,22 @@ NOT_APPLICABLE = [
         pw.MaxPool,
         _ctx("MaxPool", ["x"], {}, (4,), (3,), kernel_shape=[2, 2]),
         id="maxpool-kernel-rank",
+    ),
+    pytest.param(pw.Max, _ctx("Max", ["x", "z"], {}, (4,), (4,)), id="max-two-data"),
+    pytest.param(
+        pw.Min,
+        _ctx("Min", ["x", "c", "z"], {1: W43[0]}, (3,), (3,)),
+        id="min-two-data-one-constant",
+    ),
+    pytest.param(
+        pw.Max,
+        _ctx("Max", ["x", "c"], {1: W43}, (3,), (4, 3)),
+        id="max-broadcasts-data",
+    ),
+    pytest.param(
+        pw.Min,
+        _ctx("Min", ["x", "c"], {1: W43[:2]}, (3,), (3,)),
+        id="min-constant-varies-along-batch",
     ),
 ]
 

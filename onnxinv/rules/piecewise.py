@@ -1,11 +1,11 @@
-"""Piecewise operators whose preimage of a point is a set: Relu, Sign, Shrink and MaxPool.
+"""Piecewise operators whose preimage of a point is a set: Relu, Sign, Shrink, MaxPool, Max, Min.
 
 Levenberg–Marquardt sees zero gradients on their flat pieces, but their preimages are easy to
 describe exactly. :meth:`preimage` returns one deterministic member (ReLU: ``x = y``; MaxPool: the
 *envelope*, the largest member) and :meth:`sample_preimage` a random one, so samples differ:
 a ReLU zero comes from a random negative value, a Sign from a random magnitude, a Shrink zero from
 a random point of ``[−λ, λ]``, a max pool's non-maximal entries from random values below the
-maximum.
+maximum, an output of Max (Min) that equals its constant from a random value below (above) it.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Family, Interval, NodeContext, OutsideDomain, PointRule, RuleNotApplicable
+from .linear import _per_sample
 
 FLOOR = 1e-6  # smallest random step (relative to the sample's scale), so a draw is strict
-MATCH = 1e-9  # relative tolerance of MaxPool's "window maximum equals the request" test
+MATCH = 1e-9  # relative tolerance of "equals" tests (MaxPool's window maximum, Max/Min's bound)
 
 
 def _rows(y: np.ndarray) -> np.ndarray:
@@ -363,4 +364,90 @@ def _window_table(
     return table.reshape(int(np.prod(used)), int(np.prod(out_sp, dtype=np.int64)))
 
 
-RULES = (Relu, Sign, Shrink, MaxPool)
+class _Extremum(PointRule):
+    """Max/Min of one data input and constants, elementwise with numpy broadcasting.
+
+    Computed in *Max space*: with ``sign`` −1, min(x, c) = −max(−x, −c). The bound ``c`` (the
+    extremum of the constant inputs on one sample's output shape) varies per entry, while
+    :meth:`output_domain` is a scalar interval: it gives the loosest bound, which every
+    reachable output satisfies (Max: y ≥ min c); :meth:`preimage` checks y ≥ c entrywise and
+    :meth:`nearest` projects onto that set.
+    """
+
+    versions = (1, 6, 8, 12, 13)
+    sign = 1.0
+
+    def __init__(self, ctx: NodeContext):
+        super().__init__(ctx)
+        op = ctx.node.op_type
+        others = [k for k, name in enumerate(ctx.node.input) if name and k != ctx.data_input]
+        if any(k not in ctx.constants for k in others):
+            raise RuleNotApplicable(f"{op} of two or more data tensors is not invertible")
+        if tuple(ctx.input_shape) != tuple(ctx.output_shape):
+            raise RuleNotApplicable(f"{op}'s constants broadcast the data to a larger shape")
+        c = np.full(ctx.output_shape, -np.inf)  # no constant: the identity
+        for k in others:
+            const = _per_sample(ctx.constants[k], ctx.output_shape, ctx.batched)
+            c = np.maximum(c, self.sign * const)
+        self.c = c.ravel()  # flat, in Max space
+
+    def output_domain(self) -> Interval:
+        bound = float(self.c.min()) if self.c.size else -np.inf
+        if self.sign > 0:
+            return Interval(bound, np.inf, open=False)
+        return Interval(-np.inf, -bound, open=False)
+
+    def forward(self, x):
+        s, b = self.sign, len(x)
+        y = s * np.maximum(s * np.asarray(x, dtype=np.float64).reshape(b, -1), self.c)
+        return y.reshape((b, *self.ctx.output_shape))
+
+    def forward_interval(self, lo, hi):
+        # Both are increasing: interval ends map to interval ends.
+        s = self.sign
+        return s * np.maximum(s * lo, self.c), s * np.maximum(s * hi, self.c)
+
+    def nearest(self, y):
+        """Entries beyond the constant (below it for Max, above for Min) moved onto it."""
+        s = self.sign
+        return s * np.maximum(s * np.nan_to_num(_rows(y), nan=0.0), self.c)
+
+    def _ties(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(y in Max space, where it equals the constant); raises where it is beyond it."""
+        z = self.sign * _rows(y)
+        tol = MATCH * np.maximum(1.0, np.abs(self.c))
+        bad = ~(z >= self.c - np.where(np.isfinite(tol), tol, 0.0))  # NaN is bad too
+        if bad.any():
+            side = "below" if self.sign > 0 else "above"
+            raise OutsideDomain(
+                f"{self.op_type} cannot output a value {side} its constant input "
+                f"(sample {_first_bad(bad)})"
+            )
+        return z, z <= self.c
+
+    def preimage(self, y: np.ndarray) -> Family:
+        """x = y, and x = c where y equals the constant."""
+        z, tie = self._ties(y)
+        return Family.point(self.sign * np.where(tie, self.c, z))
+
+    def sample_preimage(self, y: np.ndarray, rng: np.random.Generator, std: float) -> Family:
+        """x = y; where y equals the constant, x = c ∓ a random amount (std·max(1, |c|))."""
+        z, tie = self._ties(y)
+        scale = np.maximum(1.0, np.abs(np.where(np.isfinite(self.c), self.c, 0.0)))
+        return Family.point(self.sign * np.where(tie, self.c - _step(rng, z.shape, scale, std), z))
+
+
+class Max(_Extremum):
+    """Max of the data and constants: an output at the constant comes from any x below it."""
+
+    op_type = "Max"
+
+
+class Min(_Extremum):
+    """Min of the data and constants: an output at the constant comes from any x above it."""
+
+    op_type = "Min"
+    sign = -1.0
+
+
+RULES = (Relu, Sign, Shrink, MaxPool, Max, Min)
