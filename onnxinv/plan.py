@@ -220,7 +220,7 @@ class Plan:
         if self.deadline is not None and time.monotonic() > self.deadline:
             # Out of time: no conversion or LM for the blocks left; the samples stay flagged.
             exact[:] = False
-            return Family.point(np.zeros((b, self.sizes[src])))
+            return Family.point(rng.standard_normal((b, self.sizes[src])))
         objective = FamilyObjective(fam)
         key = (src, dst)
         if key not in self._modules:
