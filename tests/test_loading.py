@@ -533,3 +533,16 @@ def test_sequence_tensors_inside_the_graph():
     result = invert(model, {"values": y.tolist()}, input="x", fixed={"z": z}, samples=3)
     assert result.all_verified
     assert_reproduces(model, result, y, feeds={"z": z})
+
+
+def test_large_gram_products_are_blocked_and_interruptible(monkeypatch):
+    import onnxinv.solvers.lm as lm_mod
+
+    jac = torch.from_numpy(np.random.default_rng(10).normal(size=(2, 6, 500)))
+    r = torch.ones((2, 6), dtype=torch.float64)
+    lam = torch.full((2,), 1e-3, dtype=torch.float64)
+    whole = lm_mod.damped_step(jac, r, lam)
+    monkeypatch.setattr(lm_mod, "GRAM_BLOCK", 100)  # forces many column blocks
+    np.testing.assert_allclose(lm_mod.damped_step(jac, r, lam).numpy(), whole.numpy(), atol=1e-9)
+    with pytest.raises(DeadlineReached):
+        lm_mod.damped_step(jac, r, lam, deadline=0.0)

@@ -65,11 +65,32 @@ class LMOutcome:
     timed_out: bool = False
 
 
+#: Jacobian entries per Gram-matrix block: larger products are summed block by block, with
+#: the deadline checked between blocks, so one step on a huge model can be interrupted.
+GRAM_BLOCK = 2**25
+
+
+def _gram(jac: torch.Tensor, deadline: float | None) -> torch.Tensor:
+    """``jac @ jacᵀ`` (B, m, m), over column blocks when the product is large."""
+    b, m, n = jac.shape
+    if b * m * n <= GRAM_BLOCK:
+        return jac @ jac.transpose(1, 2)
+    width = max(1, GRAM_BLOCK // max(1, b * m))
+    a = torch.zeros((b, m, m), dtype=jac.dtype, device=jac.device)
+    for j in range(0, n, width):
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineReached
+        part = jac[:, :, j : j + width]
+        a += part @ part.transpose(1, 2)
+    return a
+
+
 def damped_step(
     jac: torch.Tensor,
     r: torch.Tensor,
     lam: torch.Tensor,
     free: torch.Tensor | None = None,
+    deadline: float | None = None,
 ) -> torch.Tensor:
     """The LM step for each sample: minimum-norm form when m ≤ n, normal equations otherwise.
 
@@ -78,12 +99,13 @@ def damped_step(
         r: (B, m) residuals.
         lam: (B,) relative damping.
         free: optional (B, n) mask of coordinates allowed to move.
+        deadline: ``time.monotonic()`` value; past it a long product raises DeadlineReached.
     """
     if free is not None:
         jac = jac * free[:, None, :].to(jac.dtype)
     b, m, n = jac.shape
     if m <= n:
-        a = jac @ jac.transpose(1, 2)
+        a = _gram(jac, deadline)
         scale = torch.diagonal(a, dim1=1, dim2=2).mean(1).clamp_min(1e-300)
         a = a + (lam * scale)[:, None, None] * torch.eye(m, dtype=jac.dtype, device=jac.device)
         y = torch.linalg.solve(a, r.unsqueeze(-1))
@@ -215,7 +237,11 @@ def _solve(residual, x0, settings, new_start, lo, hi, on_finish, offset) -> LMOu
         if bounded:
             g = (ja.transpose(1, 2) @ ra.unsqueeze(-1)).squeeze(-1)
             free = ~(((xa <= lo) & (g > 0)) | ((xa >= hi) & (g < 0)))
-        dx = damped_step(ja, ra, lam[active], free)
+        try:
+            dx = damped_step(ja, ra, lam[active], free, settings.deadline)
+        except DeadlineReached:
+            timed_out = True
+            break
         x_try = xa + dx
         if bounded:
             x_try = x_try.clamp(lo, hi)
