@@ -546,3 +546,21 @@ def test_large_gram_products_are_blocked_and_interruptible(monkeypatch):
     np.testing.assert_allclose(lm_mod.damped_step(jac, r, lam).numpy(), whole.numpy(), atol=1e-9)
     with pytest.raises(DeadlineReached):
         lm_mod.damped_step(jac, r, lam, deadline=0.0)
+
+
+def test_batchnorm_on_a_whole_fixed_tensor():
+    """test_BatchNorm*_eval: a fixed batch of 2 is one sample; the channel axis is axis 1."""
+    rng = np.random.default_rng(11)
+    inits = [const(n, rng.uniform(0.5, 1.5, 3)) for n in ("s", "b", "m", "v")]
+    model = make_model(
+        [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"])],
+        [value_info("x", [2, 3, 4, 4])],
+        [value_info("y", [2, 3, 4, 4])],
+        inits,
+    )
+    x = rng.normal(size=(2, 3, 4, 4)).astype(np.float32)
+    y = session(model).run(None, {"x": x})[0]
+    assert [b.kind for b in partition(load(model), default_registry()).blocks] == ["invertible"]
+    result = invert(model, {"values": y.tolist()}, method="backward", samples=2)
+    assert len(result) == 1 and result.all_verified  # a bijection: one preimage
+    assert_reproduces(model, result, y)

@@ -280,8 +280,11 @@ class BatchNormalization(_Elementwise):
         eps = self.ctx.attr("epsilon", 1e-5)
         a = scale / np.sqrt(var + eps)
         c = bias - a * mean
-        shape = self.ctx.output_shape  # (C, ...) per sample
-        expand = (len(shape[0:1]) and (-1,) + (1,) * (len(shape) - 1)) or (-1,)
+        shape = self.ctx.output_shape  # (C, ...) per sample, or (N, C, ...) for a whole tensor
+        axis = 0 if self.ctx.batched else 1  # the channel axis
+        if len(shape) <= axis:
+            raise RuleNotApplicable("BatchNormalization of a tensor without a channel axis")
+        expand = (1,) * axis + (-1,) + (1,) * (len(shape) - axis - 1)
         a_full = np.broadcast_to(a.reshape(expand), shape)
         c_full = np.broadcast_to(c.reshape(expand), shape)
         return a_full.copy(), c_full.copy()
