@@ -90,12 +90,12 @@ class TorchResidual:
         x = x.detach().to(self.device, self.dtype).requires_grad_(True)
         with torch.enable_grad():
             r = self._forward(x, index)
-            rows = []
-            for i in range(self.m):
+            jac = torch.empty((x.shape[0], self.m, x.shape[1]), dtype=x.dtype, device=x.device)
+            for i in range(self.m):  # filled in place: no list of rows plus a stacked copy
                 _check(self.deadline)
                 (g,) = torch.autograd.grad(r[:, i].sum(), x, retain_graph=i < self.m - 1)
-                rows.append(g)
-        return r.detach(), torch.stack(rows, dim=1)
+                jac[:, i] = g
+        return r.detach(), jac
 
 
 class FiniteDifferenceResidual:

@@ -118,8 +118,12 @@ def damped_step(
 
 
 def per_sample_bytes(m: int, n: int) -> int:
-    """Memory one sample's LM iteration holds: its Jacobian (kept, tried, stepped) and vectors."""
-    return 8 * (3 * m * n + 16 * (m + n) + m * m)
+    """Memory one sample's LM iteration may hold at once, in float64.
+
+    Four Jacobian-sized arrays (the kept one, a fresh one being written, the active rows'
+    copy, and the masked copy under bounds), the m×m (or n×n) system, and vectors.
+    """
+    return 8 * (4 * m * n + min(m, n) ** 2 + 16 * (m + n))
 
 
 def slice_size(m: int, n: int, max_memory: int | None) -> int | None:
