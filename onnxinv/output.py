@@ -67,7 +67,13 @@ def save(result: InversionResult, path: str | os.PathLike, overwrite: bool = Fal
 
 
 def image_shape(shape: tuple[int, ...]) -> tuple[int, int, int] | None:
-    """(channels, height, width) when a sample of ``shape`` looks like an image, else None."""
+    """(channels, height, width) when a sample of ``shape`` looks like an image, else None.
+
+    Leading dimensions of 1 (a fixed batch of one, as exporters write it) are ignored.
+    """
+    shape = tuple(shape)
+    while len(shape) > 1 and shape[0] == 1:
+        shape = shape[1:]
     if len(shape) == 3 and shape[0] in (1, 3):
         return shape[0], shape[1], shape[2]
     if len(shape) == 2 and min(shape) > 1:

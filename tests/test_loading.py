@@ -564,3 +564,18 @@ def test_batchnorm_on_a_whole_fixed_tensor():
     result = invert(model, {"values": y.tolist()}, method="backward", samples=2)
     assert len(result) == 1 and result.all_verified  # a bijection: one preimage
     assert_reproduces(model, result, y)
+
+
+@pytest.mark.parametrize(
+    ("shape", "image"),
+    [
+        ((1, 1, 8, 8), (1, 8, 8)),
+        ((1, 3, 4, 5), (3, 4, 5)),
+        ((1, 64), (1, 8, 8)),
+        ((2, 3, 4, 4), None),
+    ],
+)
+def test_grid_ignores_a_fixed_batch_of_one(shape, image):
+    from onnxinv.output import image_shape
+
+    assert image_shape(shape) == image
