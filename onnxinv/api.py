@@ -365,7 +365,7 @@ def _invert(
     residual = run.residual
 
     result = InversionResult(
-        inputs=check.inputs.astype(np.float32),
+        inputs=check.inputs,  # exactly what onnxruntime verified, in the input's dtype
         outputs=check.outputs,
         verified=check.verified,
         errors=check.errors,

@@ -42,7 +42,7 @@ def save(result: InversionResult, path: str | os.PathLike, overwrite: bool = Fal
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
-        np.save(tmp / "inputs.npy", result.inputs.astype(np.float32))
+        np.save(tmp / "inputs.npy", result.inputs)
         np.save(tmp / "outputs.npy", result.outputs)
         (tmp / "report.json").write_text(json.dumps(result.report(), indent=2) + "\n")
         image = grid_image(result)

@@ -17,7 +17,8 @@ class InversionResult:
     """Inputs found for a target, each checked by onnxruntime on the original model.
 
     Attributes:
-        inputs: (N, *input_shape) float32 samples, every one returned (verified or not).
+        inputs: (N, *input_shape) samples in the input's dtype (float32 for most models),
+            every one returned (verified or not), exactly as onnxruntime verified them.
         outputs: (N, *output_shape) the original model's outputs for them.
         verified: (N,) whether each output matches the target within tolerance (and the input
             lies inside the bounds).

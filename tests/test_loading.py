@@ -579,3 +579,19 @@ def test_grid_ignores_a_fixed_batch_of_one(shape, image):
     from onnxinv.output import image_shape
 
     assert image_shape(shape) == image
+
+
+def test_double_inputs_are_returned_as_verified():
+    """A float64 model and values beyond float32's range (backend test_operator_addconstant):
+    the returned samples are the float64 values onnxruntime verified, not a float32 copy."""
+    model = make_model(
+        [helper.make_node("Add", ["x", "c"], ["y"])],
+        [value_info("x", [2, 3], TensorProto.DOUBLE)],
+        [value_info("y", [2, 3], TensorProto.DOUBLE)],
+        [const("c", np.ones((2, 3)), np.float64)],
+    )
+    y = np.array([[1.0, 2.0, 9e223], [1.0, -3.0, 1.3e219]])
+    result = invert(model, {"values": y.tolist(), "tolerance": 1e210}, samples=1)
+    assert result.inputs.dtype == np.float64 and result.all_verified
+    out = session(model).run(None, {"x": result.inputs[0]})[0]
+    assert np.isfinite(out).all() and np.abs(out - y).max() <= 1e210
