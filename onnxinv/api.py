@@ -488,10 +488,16 @@ class _MethodRun:
         if self.method == "forward" or (fresh and self.method == "auto"):
             from .solvers.forward import solve_forward
 
-            sol = solve_forward(
-                self.residual_provider(), k, self.starts(), self.settings, self.chunk_size,
-                on_progress,
-            )  # fmt: skip
+            try:
+                sol = solve_forward(
+                    self.residual_provider(), k, self.starts(), self.settings, self.chunk_size,
+                    on_progress,
+                )  # fmt: skip
+            except MemoryBudgetError as exc:
+                raise MemoryBudgetError(
+                    f"{exc}, for LM on the whole model ({lm.input_name!r} -> "
+                    f"{lm.logits_name if obj.solve_on == 'logits' else lm.output_name!r})"
+                ) from None
             x = sol.x.reshape((k, *lm.input_shape))
             return verify(lm, obj, x, box), sol.iterations, ["forward"] * k
         chunks = []

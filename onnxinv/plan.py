@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from . import _ort
+from .errors import MemoryBudgetError
 from .graph import Block, Partition
 from .model import LoadedModel, _extract
 from .objective import Objective
@@ -256,7 +257,15 @@ class Plan:
             deadline=self.deadline,
             max_memory=self.max_memory,
         )
-        out = levenberg_marquardt(residual, starts(b).to(torch.float64), settings, starts, lo, hi)
+        try:
+            out = levenberg_marquardt(
+                residual, starts(b).to(torch.float64), settings, starts, lo, hi
+            )
+        except MemoryBudgetError as exc:
+            ops = sorted({n.op_type for n in self._submodel(src, dst).graph.node})
+            raise MemoryBudgetError(
+                f"{exc}, for LM on the block {src!r} -> {dst!r} ({', '.join(ops[:6])})"
+            ) from None
         exact &= out.converged.numpy()
         return Family.point(out.x.numpy())
 

@@ -126,6 +126,10 @@ def per_sample_bytes(m: int, n: int) -> int:
     return 8 * (4 * m * n + min(m, n) ** 2 + 16 * (m + n))
 
 
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
 def slice_size(m: int, n: int, max_memory: int | None) -> int | None:
     """How many samples one LM slice may hold under ``max_memory`` (None: no limit).
 
@@ -137,8 +141,8 @@ def slice_size(m: int, n: int, max_memory: int | None) -> int | None:
     need = per_sample_bytes(m, n)
     if need > max_memory:
         raise MemoryBudgetError(
-            f"one sample's Jacobian ({m} outputs x {n} inputs) needs {need / 2**30:.2f} GiB, "
-            f"more than the memory budget of {max_memory / 2**30:.2f} GiB (--max-memory)"
+            f"one sample's Jacobian ({m} outputs x {n} inputs) needs {_size(need)}, "
+            f"more than the --max-memory budget of {_size(max_memory)}"
         )
     return max(1, max_memory // need)
 
