@@ -254,3 +254,29 @@ def one_line(exc: BaseException | str) -> str:
     assert text.strip(), "empty message"
     assert "\n" not in text.strip(), f"message is not one line: {text!r}"
     return text
+
+
+# ------------------------------------------------------- the onnx wheel's backend test models
+
+#: Models that ship inside the installed onnx wheel, each ``<group>/<name>/model.onnx`` with
+#: ``test_data_set_0/input_*.pb`` and ``output_*.pb``: exports nobody on this project wrote.
+BACKEND_DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
+
+
+def backend_case(name: str) -> tuple[onnx.ModelProto, list[np.ndarray], list[np.ndarray]]:
+    """``(model, inputs, expected outputs)`` of a backend test model, e.g. ``simple/test_shrink``.
+
+    Skips the test when this onnx wheel does not ship the model.
+    """
+    import pytest
+
+    folder = BACKEND_DATA / name
+    if not folder.is_dir():
+        pytest.skip(f"{name} is not in this onnx wheel")
+    data = folder / "test_data_set_0"
+
+    def read(prefix: str) -> list[np.ndarray]:
+        files = sorted(data.glob(f"{prefix}_*.pb"), key=lambda f: int(f.stem.split("_")[-1]))
+        return [numpy_helper.to_array(onnx.load_tensor(str(f))).copy() for f in files]
+
+    return onnx.load(str(folder / "model.onnx")), read("input"), read("output")

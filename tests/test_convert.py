@@ -5,12 +5,12 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import backend_case
 from onnx import TensorProto, helper, numpy_helper
 from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription
 from torch import nn
@@ -1015,8 +1015,6 @@ def test_concat_from_sequence(new_axis: int) -> None:
 
 # ------------------------------------------------------ the onnx wheel's backend test models
 
-BACKEND_DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
-
 #: models (pytorch-converted / pytorch-operator / simple) the converters above make convertible.
 BACKEND_MODELS = [
     "pytorch-converted/test_ConstantPad2d",
@@ -1035,21 +1033,10 @@ BACKEND_MODELS = [
 ]
 
 
-def backend_case(name: str) -> tuple[onnx.ModelProto, np.ndarray]:
-    folder = BACKEND_DATA / name
-    if not folder.is_dir():
-        pytest.skip(f"{name} is not in this onnx wheel")
-    tensor = onnx.load_tensor(str(folder / "test_data_set_0" / "input_0.pb"))
-    return onnx.load(str(folder / "model.onnx")), numpy_helper.to_array(tensor).copy()
-
-
 @pytest.mark.parametrize("name", BACKEND_MODELS)
 def test_backend_model_converts(name: str) -> None:
-    model, x = backend_case(name)
+    model, (x, *_), (expected, *_) = backend_case(name)
     module = to_torch(model, sample_input=x)
-    expected = numpy_helper.to_array(
-        onnx.load_tensor(str(BACKEND_DATA / name / "test_data_set_0" / "output_0.pb"))
-    )
     with torch.no_grad():
         out = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
@@ -1059,7 +1046,7 @@ def test_backend_model_converts(name: str) -> None:
 def test_backend_chunk_converts_per_output(output: int) -> None:
     # Split-2 with a `split` attribute and two graph outputs: to_torch takes one output, which
     # onnxinv.model.load selects; each converts.
-    model, x = backend_case("pytorch-operator/test_operator_chunk")
+    model, (x,), _ = backend_case("pytorch-operator/test_operator_chunk")
     with pytest.raises(ModelError, match="one graph output"):
         to_torch(model, sample_input=x)
     chosen = model.graph.output[output]

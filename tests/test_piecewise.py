@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import itertools
 import re
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import backend_case
 from onnx import TensorProto, helper, numpy_helper
 from onnx.version_converter import convert_version
 
@@ -221,7 +221,6 @@ def test_maxpool_indices_output_is_opaque():
 
 # ----------------------------------------------------------------- onnx backend test models
 
-BACKEND = Path(onnx.__file__).parent / "backend" / "test" / "data"
 BACKEND_MODELS = [
     "simple/test_single_relu_model",
     "simple/test_sign_model",
@@ -244,9 +243,7 @@ SINGLE_POINT = {"simple/test_single_relu_model"}  # its target has exactly one p
 @pytest.mark.parametrize("name", BACKEND_MODELS)
 def test_backend_model_verifies(name: str):
     """The model's own output on its test input is reached by every sample."""
-    folder = BACKEND / name
-    model = onnx.load(folder / "model.onnx")
-    target = numpy_helper.to_array(onnx.load_tensor(folder / "test_data_set_0" / "output_0.pb"))
+    model, _, (target,) = backend_case(name)
     # SINGLE_POINT: every output is positive, so x = y is the only preimage and 4 distinct
     # samples do not exist; ask for the one there is.
     n = 1 if name in SINGLE_POINT else SAMPLES
@@ -351,12 +348,7 @@ def _upgraded_opset(notes: list[str]) -> int | None:
 @pytest.mark.parametrize("name", ["test_operator_max", "test_operator_min"])
 def test_backend_max_min_with_second_input_fixed(name: str):
     """Input "0" inverted with "1" held at its test value, checked on the model onnxinv ran."""
-    folder = BACKEND / "pytorch-operator" / name
-    model = onnx.load(folder / "model.onnx")
-    x0, x1 = (
-        numpy_helper.to_array(onnx.load_tensor(folder / "test_data_set_0" / f"input_{i}.pb"))
-        for i in (0, 1)
-    )
+    model, (x0, x1), _ = backend_case(f"pytorch-operator/{name}")
     try:
         target = session(model).run(None, {"0": x0, "1": x1})[0]
     except Exception:  # an opset-6 kernel onnxruntime may not have
