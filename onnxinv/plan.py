@@ -218,7 +218,7 @@ class Plan:
 
         self.used_lm = True
         b = len(fam.v0)
-        if self.deadline is not None and time.monotonic() > self.deadline:
+        if self._expired():
             # Out of time: no conversion or LM for the blocks left; the samples stay flagged.
             exact[:] = False
             return Family.point(rng.standard_normal((b, self.sizes[src])))
@@ -269,6 +269,9 @@ class Plan:
         exact &= out.converged.numpy()
         return Family.point(out.x.numpy())
 
+    def _expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
     def _is_objective(self, dst: str) -> bool:
         """Whether the family asked of ``dst`` is exactly the objective's residual family."""
         obj = self.objective
@@ -309,7 +312,14 @@ class Plan:
     def run(self, b: int, rng: np.random.Generator) -> PlanOutcome:
         fam = initial_family(self.objective, b)
         exact = np.ones(b, dtype=bool)
+        n = self.sizes[self.part.input]
         for block in reversed(self.part.blocks):
+            if self._expired():
+                # Out of time: skip the blocks left; random inputs, flagged, as forward would.
+                from .solvers.forward import StartSampler
+
+                x = StartSampler(n, rng, self.bounds, self.init_std)(b).numpy()
+                return PlanOutcome(x, np.zeros(b, dtype=bool))
             if block.kind == "invertible":
                 below, split = self._backward(block, fam, rng, exact)
                 if split is None:
@@ -318,7 +328,6 @@ class Plan:
                 fam = self._solve(block.input, split[0], split[1], rng, exact)
             else:
                 fam = self._solve(block.input, block.output, fam, rng, exact)
-        n = self.sizes[self.part.input]
         lo, hi = (np.full(n, v) for v in self.bounds) if self.bounds else box(None, n, 0.0)
         x, ok = collapse(fam, lo, hi, rng, self.settings.std, self.deadline)
         exact &= ok & (fam.residual <= EXACT_RESIDUAL)
