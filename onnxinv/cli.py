@@ -356,6 +356,9 @@ def inspect(model, input_name, output_name, fix, input_shape, disable_plugins) -
     except Exception as exc:  # report, do not fail: inspect is for diagnosing
         click.echo(f"default choice: none ({str(exc).splitlines()[0]})")
         return
+    for note in lm.notes:
+        if note not in notes:
+            click.echo(f"note: {note}")
     click.echo(
         f"default choice: invert {lm.input_name!r} (sample shape {list(lm.input_shape)}) "
         f"to match {lm.output_name!r} (shape {list(lm.output_shape)})"

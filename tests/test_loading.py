@@ -595,3 +595,23 @@ def test_double_inputs_are_returned_as_verified():
     assert result.inputs.dtype == np.float64 and result.all_verified
     out = session(model).run(None, {"x": result.inputs[0]})[0]
     assert np.isfinite(out).all() and np.abs(out - y).max() <= 1e210
+
+
+def test_inspect_shows_load_notes_and_takes_fix(tmp_path):
+    """inspect on an old-opset two-input model: the upgrade note, and --fix for the second."""
+    model = _opset_model(
+        [helper.make_node("Add", ["x", "z"], ["y"], broadcast=1)],
+        [value_info("x", [2, 3]), value_info("z", [3])],
+        [value_info("y", [2, 3])],
+        opset=6,
+        ir=3,
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    np.save(tmp_path / "z.npy", np.ones(3, np.float32))
+    res = CliRunner().invoke(main, ["inspect", str(path)])
+    assert res.exit_code == 0 and "choose one with --input NAME" in res.stdout
+    res = CliRunner().invoke(main, ["inspect", str(path), "--fix", f"z={tmp_path / 'z.npy'}"])
+    assert res.exit_code == 0, res.stderr
+    assert "note: onnxruntime has no kernel for Add(6)" in res.stdout
+    assert "invert 'x' (sample shape [2, 3])" in res.stdout
