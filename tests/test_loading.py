@@ -487,7 +487,8 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(api.objective_mod, "build", broken)
-    monkeypatch.delenv("ONNXINV_DEBUG", raising=False)
+    # setenv records the variable's absence, so teardown removes what --debug sets below.
+    monkeypatch.setenv("ONNXINV_DEBUG", "")
     path = tmp_path / "m.onnx"
     onnx.save(_wide(4, 2), path)
     (tmp_path / "t.json").write_text('{"values": [[1.0, 1.0]]}')
@@ -496,7 +497,6 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     assert res.exit_code == 1 and "boom" in res.stderr and "--debug" in res.stderr
     assert res.stderr.count("\n") == 1
     res = CliRunner().invoke(main, ["--debug", *args])
-    monkeypatch.delenv("ONNXINV_DEBUG", raising=False)
     assert res.exit_code != 0 and isinstance(res.exception, RuntimeError)
 
 
