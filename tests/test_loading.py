@@ -615,3 +615,20 @@ def test_inspect_shows_load_notes_and_takes_fix(tmp_path):
     assert res.exit_code == 0, res.stderr
     assert "note: onnxruntime has no kernel for Add(6)" in res.stdout
     assert "invert 'x' (sample shape [2, 3])" in res.stdout
+
+
+def test_report_plan_uses_the_users_max_condition():
+    """A layer with condition number 200 is 'not onto' at the default cut (100), not at 1000."""
+    u, _ = np.linalg.qr(np.random.default_rng(12).normal(size=(4, 4)))
+    w = u @ np.diag([1.0, 1.0, 1.0, 0.005]) @ u.T
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["z"]), helper.make_node("Tanh", ["z"], ["y"])],
+        [value_info("x", ["N", 4])],
+        [value_info("y", ["N", 4])],
+        [const("W", w)],
+    )
+    y = [[0.1, 0.2, -0.1, 0.05]]
+    loose = invert(model, {"values": y}, samples=1, max_condition=1000.0)
+    strict = invert(model, {"values": y}, samples=1)
+    assert not any("not onto" in line for line in loose.model["plan"])
+    assert any("not onto" in line for line in strict.model["plan"])
