@@ -143,12 +143,15 @@ def checker_failure() -> onnx.ModelProto:
 # ------------------------------------------------------------------ the independent onnxruntime judge
 
 
-def _session(model: ModelSource) -> ort.InferenceSession:
+def session(model: ModelSource) -> ort.InferenceSession:
+    """A fresh onnxruntime session on the model as written (old-opset warnings silenced)."""
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     if isinstance(model, Path):
         model = str(model)
-    return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def ort_outputs(model: ModelSource, x: np.ndarray, output: str | None = None) -> np.ndarray:
@@ -157,7 +160,7 @@ def ort_outputs(model: ModelSource, x: np.ndarray, output: str | None = None) ->
     Models whose input has a fixed batch of 1 are run one sample at a time. A ZipMap output (a
     list of {class: probability} dicts) becomes an (N, classes) array in class order.
     """
-    sess = _session(model)
+    sess = session(model)
     inp = sess.get_inputs()[0]
     name = output or sess.get_outputs()[0].name
     x = np.asarray(x, dtype=np.float32)
@@ -234,7 +237,7 @@ def reachable_distribution(
     model: ModelSource, space: str, seed: int = 0, lo: float = 0.0, hi: float = 1.0
 ) -> list[float]:
     """The distribution the model outputs for a random input in [lo, hi]: reachable by construction."""
-    sess = _session(model)
+    sess = session(model)
     shape = [int(d) if isinstance(d, int) else 1 for d in sess.get_inputs()[0].shape]
     x = np.random.default_rng(seed).uniform(lo, hi, (1, int(np.prod(shape[1:]))))
     p = as_probabilities(ort_outputs(model, x), space)[0]
@@ -242,7 +245,7 @@ def reachable_distribution(
 
 
 def reachable_values(model: ModelSource, seed: int = 0) -> list[float]:
-    sess = _session(model)
+    sess = session(model)
     shape = [int(d) if isinstance(d, int) else 1 for d in sess.get_inputs()[0].shape]
     x = np.random.default_rng(seed).uniform(0, 1, (1, int(np.prod(shape[1:]))))
     return ort_outputs(model, x)[0].astype(np.float64).tolist()

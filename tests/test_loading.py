@@ -11,11 +11,10 @@ import warnings
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import const, make_model, one_line, value_info
+from helpers import const, make_model, one_line, session, value_info
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxinv import invert
@@ -29,10 +28,6 @@ from onnxinv.rules import default_registry
 from onnxinv.solvers.forward import StartSampler
 from onnxinv.solvers.lm import LMSettings, levenberg_marquardt
 from onnxinv.target import Target
-
-
-def session(model: onnx.ModelProto) -> ort.InferenceSession:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def assert_reproduces(model, result, target, feeds=None, atol=1e-4, name="x") -> None:

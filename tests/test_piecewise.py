@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import backend_case
+from helpers import backend_case, session
 from onnx import TensorProto, helper, numpy_helper
 from onnx.version_converter import convert_version
 
@@ -130,14 +130,6 @@ def one_node(op: str, attrs: dict, shape: tuple[int, ...], batch) -> onnx.ModelP
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     onnx.checker.check_model(model, full_check=True)
     return model
-
-
-def session(model: onnx.ModelProto) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(
-        model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
-    )
 
 
 def feed_shape(sess: ort.InferenceSession) -> list[int]:

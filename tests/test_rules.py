@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import session
 from onnx import TensorProto, defs, helper, numpy_helper
 
 from onnxinv import model as model_mod
@@ -79,14 +80,6 @@ def one_node_model(
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     onnx.checker.check_model(model, full_check=True)
     return model
-
-
-def session(model: onnx.ModelProto) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(
-        model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
-    )
 
 
 def run(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
