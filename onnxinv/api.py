@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextvars
-import inspect
+import functools
 import math
 import os
 import time
@@ -127,6 +127,44 @@ def _validate(
         raise OptionError(f"timeout must be a positive number of seconds, not {timeout!r}")
 
 
+def _contained(fn):
+    """Run ``fn`` so that it ends in a result or a typed one-line error, never a bare traceback.
+
+    Dependencies' warnings become the result's notes instead of reaching the terminal; an
+    unexpected exception (a bug of ours or a dependency's, on a model onnxruntime runs) becomes a
+    :class:`ModelError` naming the phase it happened in (``--debug`` re-raises it).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                result = fn(*args, **kwargs)
+            except UnreachableTargetError as exc:
+                if exc.result is not None:
+                    exc.result.notes.extend(_warning_notes(caught))
+                raise
+            except (OnnxInvError, KeyboardInterrupt):
+                raise
+            except MemoryError:
+                raise MemoryBudgetError(
+                    "out of memory: lower --max-memory, --chunk-size or --samples"
+                ) from None
+            except Exception as exc:
+                if os.environ.get("ONNXINV_DEBUG"):
+                    raise
+                raise ModelError(
+                    f"onnxinv failed {_PHASE.get()}: {type(exc).__name__}: {first_line(exc)} "
+                    "(run with --debug for the traceback, and please report it)"
+                ) from exc
+        result.notes.extend(_warning_notes(caught))
+        return result
+
+    return wrapper
+
+
+@_contained
 def invert(
     model: model_mod.ModelLike,
     target: Target | dict | str | os.PathLike,
@@ -193,81 +231,6 @@ def invert(
         OnnxInvError: a subclass naming the problem, for any bad argument, model or target;
             :class:`UnreachableTargetError` when no sample verified.
     """
-    args = _passed(locals())
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            result = _invert(**args)
-        except UnreachableTargetError as exc:
-            if exc.result is not None:
-                exc.result.notes.extend(_warning_notes(caught))
-            raise
-        except (OnnxInvError, KeyboardInterrupt):
-            raise
-        except MemoryError:
-            raise MemoryBudgetError(
-                "out of memory: lower --max-memory, --chunk-size or --samples"
-            ) from None
-        except Exception as exc:
-            # The last line of defence: a bug of ours or a dependency's on a model onnxruntime
-            # runs is still one typed line naming where it happened, never a bare traceback.
-            if os.environ.get("ONNXINV_DEBUG"):
-                raise
-            raise ModelError(
-                f"onnxinv failed {_PHASE.get()}: {type(exc).__name__}: {first_line(exc)} "
-                "(run with --debug for the traceback, and please report it)"
-            ) from exc
-    result.notes.extend(_warning_notes(caught))
-    return result
-
-
-#: What ``invert`` is doing, for the message of an unexpected failure.
-_PHASE: contextvars.ContextVar[str] = contextvars.ContextVar("phase", default="while starting")
-
-
-def _phase(text: str) -> None:
-    _PHASE.set(text)
-
-
-def _passed(args: dict[str, Any]) -> dict[str, Any]:
-    """``invert``'s arguments (from its ``locals()``), passed on unchanged."""
-    return {k: v for k, v in args.items() if k in _INVERT_ARGS}
-
-
-def _warning_notes(caught: list[warnings.WarningMessage]) -> list[str]:
-    """Dependencies' warnings (onnx2torch, torch, onnx) as report notes, each once."""
-    seen: dict[str, None] = {}
-    for w in caught:
-        text = str(w.message).strip().splitlines()[0] if str(w.message).strip() else ""
-        seen.setdefault(f"warning ({w.category.__name__}): {text[:300]}", None)
-    return list(seen)[:20]
-
-
-def _invert(
-    model,
-    target,
-    *,
-    samples,
-    seed,
-    bounds,
-    method,
-    input,
-    output,
-    max_iter,
-    restarts,
-    device,
-    init_std,
-    chunk_size,
-    timeout,
-    max_condition,
-    std,
-    disable_plugins,
-    fixed,
-    input_shape,
-    max_memory,
-    registry,
-    on_progress,
-) -> InversionResult:
     t_start = time.perf_counter()
     _phase("while checking the arguments")
     _validate(
@@ -435,6 +398,23 @@ def _invert(
             best_error=best,
         )
     return result
+
+
+#: What ``invert`` is doing, for the message of an unexpected failure.
+_PHASE: contextvars.ContextVar[str] = contextvars.ContextVar("phase", default="while starting")
+
+
+def _phase(text: str) -> None:
+    _PHASE.set(text)
+
+
+def _warning_notes(caught: list[warnings.WarningMessage]) -> list[str]:
+    """Dependencies' warnings (onnx2torch, torch, onnx) as report notes, each once."""
+    seen: dict[str, None] = {}
+    for w in caught:
+        text = str(w.message).strip().splitlines()[0] if str(w.message).strip() else ""
+        seen.setdefault(f"warning ({w.category.__name__}): {text[:300]}", None)
+    return list(seen)[:20]
 
 
 class _MethodRun:
@@ -649,6 +629,3 @@ def _lm_settings(obj, max_iter: int, restarts: int, deadline: float | None, budg
         deadline=deadline,
         max_memory=budget,
     )
-
-
-_INVERT_ARGS = tuple(inspect.signature(invert).parameters)

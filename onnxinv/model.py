@@ -136,19 +136,14 @@ class LoadedModel:
         k = len(x)
         sess = self.session(which)
         if which == "original":
-            feeds = {**_fillers(self.original, self.input_name, self.fixed), **self.fixed}
             if self.original_batched:
+                feeds = self.original_feeds
                 ys = [
                     sess.run([self.output_name], {self.input_name: part, **feeds})[0]
                     for part in _chunks(x.reshape((k, *self.input_shape)))
                 ]
                 return np.concatenate(ys).reshape((k, *self.output_shape))
-            shape = (1, *self.input_shape) if self.original_batch_dim else self.input_shape
-            ys = [
-                sess.run([self.output_name], {self.input_name: xi.reshape(shape), **feeds})[0]
-                for xi in x
-            ]
-            return np.stack([np.asarray(y).reshape(self.output_shape) for y in ys])
+            return np.stack([self.run_original_one(xi).reshape(self.output_shape) for xi in x])
         out_name = self.logits_name if which == "logits" else self.output_name
         if self.batched:
             ys = [
@@ -158,6 +153,19 @@ class LoadedModel:
             return np.concatenate(ys)
         return self.stack(
             [sess.run([out_name], {self.input_name: xi.reshape(self.run_shape)})[0] for xi in x]
+        )
+
+    @cached_property
+    def original_feeds(self) -> dict[str, np.ndarray]:
+        """What the original model is fed besides the sample: fixed inputs, zeros for unused."""
+        return {**_fillers(self.original, self.input_name, self.fixed), **self.fixed}
+
+    def run_original_one(self, x: np.ndarray) -> np.ndarray:
+        """The original model's output for one sample, as onnxruntime returns it."""
+        shape = (1, *self.input_shape) if self.original_batch_dim else self.input_shape
+        feed = {self.input_name: np.asarray(x, self.input_dtype).reshape(shape)}
+        return np.asarray(
+            self.session("original").run([self.output_name], {**feed, **self.original_feeds})[0]
         )
 
     @property
@@ -690,7 +698,7 @@ def load(
     )
     probe = np.random.default_rng(seed).random((2, *sample)).astype(dtype)
     try:
-        first = _run_one_original(lm, probe[0])
+        first = lm.run_original_one(probe[0])
     except Exception as exc:
         raise ModelError(f"onnxruntime cannot run the model: {_first_line(exc)}") from None
     if not np.issubdtype(first.dtype, np.floating):
@@ -710,15 +718,6 @@ def load(
             f"sample, the model {lm.output_size}"
         )
     return lm
-
-
-def _run_one_original(lm: LoadedModel, x: np.ndarray) -> np.ndarray:
-    """The original model's output for one sample, as onnxruntime returns it."""
-    feeds = {**_fillers(lm.original, lm.input_name, lm.fixed), **lm.fixed}
-    shape = (1, *lm.input_shape) if lm.original_batch_dim else lm.input_shape
-    sess = lm.session("original")
-    feed = {lm.input_name: x.reshape(shape).astype(lm.input_dtype), **feeds}
-    return np.asarray(sess.run([lm.output_name], feed)[0])
 
 
 def _same_when_batched(plain, candidate, in_name, out_name, run_shape, dtype, seed) -> bool:
