@@ -6,6 +6,7 @@ unreachable target (one line on stderr, nothing written); 130 interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import traceback
@@ -125,6 +126,66 @@ def _fixed_values(pairs: tuple[str, ...]) -> dict:
     return fixed
 
 
+class _MethodName(click.ParamType):
+    """``--method``: any registered solver, checked when the option is read (plugins too)."""
+
+    name = "method"
+
+    def get_metavar(self, *args, **kwargs) -> str:
+        from .solvers.registry import default_solvers
+
+        return "[" + "|".join(default_solvers().names()) + "]"
+
+    def convert(self, value, param, ctx):
+        from .solvers.registry import default_solvers
+
+        names = default_solvers().names()
+        if value not in names:
+            self.fail(f"{value!r} is not one of {', '.join(names)}", param, ctx)
+        return value
+
+
+_CLI_TYPES = {"method": _MethodName(), "device": click.Choice(["cpu", "cuda"])}
+
+
+def settings_options(names: tuple[str, ...] | None = None):
+    """click options generated from :class:`~onnxinv.settings.Settings` (``names`` only)."""
+    from .settings import Settings
+
+    fields = [
+        f for f in dataclasses.fields(Settings)
+        if f.metadata["cli"] and (names is None or f.name in names)
+    ]  # fmt: skip
+
+    def decorate(fn):
+        for f in reversed(fields):
+            meta = f.metadata
+            decls = [meta["flag"] or "--" + f.name.replace("_", "-")]
+            decls += [meta["short"]] if meta["short"] else []
+            kind = meta["cli_type"]
+            kind = _CLI_TYPES.get(kind, kind) if isinstance(kind, str) else kind
+            kwargs = {"help": meta["help"], "multiple": meta["multiple"]}
+            if meta["metavar"]:
+                kwargs["metavar"] = meta["metavar"]
+            if not meta["multiple"]:
+                kwargs["type"] = kind if kind is not None else type(f.default)
+                kwargs["default"] = f.default
+                kwargs["show_default"] = f.default is not None
+            fn = click.option(*decls, f.name, **kwargs)(fn)
+        return fn
+
+    return decorate
+
+
+def _settings(options: dict):
+    """The CLI's option values as :class:`~onnxinv.settings.Settings` (files read here)."""
+    from .settings import Settings
+
+    if "fixed" in options:
+        options["fixed"] = _fixed_values(options["fixed"]) or None
+    return Settings.create(**options)
+
+
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
@@ -136,158 +197,36 @@ def _fixed_values(pairs: tuple[str, ...]) -> dict:
     help="Target JSON file (distribution, class+confidence, or values).",
 )
 @click.option(
-    "--samples", "-n", default=16, show_default=True, type=int, help="How many inputs to find."
-)
-@click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
-@click.option(
     "--out",
     "-o",
     type=click.Path(path_type=Path),
     help="Output folder [default: runs/<model name>].",
 )
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
-@click.option(
-    "--method",
-    default="auto",
-    show_default=True,
-    type=click.Choice(["auto", "backward", "forward"]),
-    help="backward: inverse rules (LM only on opaque blocks); forward: LM on the whole model; "
-    "auto: backward, then LM polish and forward fallback.",
-)
-@click.option("--bounds", help="Box for every input value, LO,HI (e.g. 0,1 for images).")
-@click.option("--input", "input_name", help="Input to invert, when there are several.")
-@click.option("--output", "output_name", help="Output to match, when there are several.")
-@click.option(
-    "--max-iter",
-    default=30,
-    show_default=True,
-    type=int,
-    help="Levenberg–Marquardt iterations per attempt.",
-)
-@click.option(
-    "--restarts",
-    default=3,
-    show_default=True,
-    type=int,
-    help="Fresh random starts for a sample that stalls.",
-)
-@click.option(
-    "--init-std",
-    default=1.0,
-    show_default=True,
-    type=float,
-    help="Std of random starts when unbounded.",
-)
-@click.option(
-    "--chunk-size",
-    default=256,
-    show_default=True,
-    type=int,
-    help="Samples solved together (bounds memory).",
-)
-@click.option("--timeout", type=float, help="Seconds for the whole run; returns what is done.")
-@click.option(
-    "--max-condition",
-    default=100.0,
-    show_default=True,
-    type=float,
-    help="Backward pass: singular values below σmax/this count as zero.",
-)
-@click.option(
-    "--std",
-    default=0.1,
-    show_default=True,
-    type=float,
-    help="Backward pass: random null-space vector norm relative to the particular solution.",
-)
-@click.option(
-    "--disable-plugin",
-    "disable_plugins",
-    multiple=True,
-    metavar="NAME",
-    help="Leave out a rule plugin (repeatable; also ONNXINV_DISABLE_PLUGINS=a,b).",
-)
-@click.option(
-    "--fix",
-    "fix",
-    multiple=True,
-    metavar="NAME=FILE",
-    help="Hold another input at a value from FILE (.npy or TensorProto .pb); repeatable.",
-)
-@click.option(
-    "--input-shape",
-    help="The inverted input's full shape where the model leaves it open, e.g. 1,3,224,224.",
-)
-@click.option(
-    "--max-memory",
-    help="Memory the solvers may hold at once, e.g. 8G [default: half the available memory].",
-)
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@settings_options()
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @_DEBUG
 @_guard
-def run(
-    model,
-    target_path,
-    samples,
-    seed,
-    out,
-    overwrite,
-    method,
-    bounds,
-    input_name,
-    output_name,
-    max_iter,
-    restarts,
-    init_std,
-    chunk_size,
-    timeout,
-    max_condition,
-    std,
-    disable_plugins,
-    fix,
-    input_shape,
-    max_memory,
-    device,
-    quiet,
-) -> None:
+def run(model, target_path, out, overwrite, quiet, **options) -> None:
     """Find inputs of MODEL that produce the target and write them to a folder."""
-    from .api import invert
+    from . import api
     from .output import check_destination
     from .target import Target
 
     target = Target.from_file(target_path)
-    fixed = _fixed_values(fix)
+    settings = _settings(options)
     dest = out if out is not None else Path("runs") / Path(model).stem
     check_destination(dest, overwrite)
     bar = None
     if not quiet and sys.stderr.isatty():
         from tqdm import tqdm
 
-        bar = tqdm(total=samples, desc="inverting", unit="sample", file=sys.stderr, leave=False)
+        bar = tqdm(
+            total=settings.samples, desc="inverting", unit="sample", file=sys.stderr, leave=False
+        )
     try:
-        result = invert(
-            model,
-            target,
-            samples=samples,
-            seed=seed,
-            bounds=bounds,
-            method=method,
-            input=input_name,
-            output=output_name,
-            max_iter=max_iter,
-            restarts=restarts,
-            device=device,
-            init_std=init_std,
-            chunk_size=chunk_size,
-            timeout=timeout,
-            max_condition=max_condition,
-            std=std,
-            disable_plugins=tuple(disable_plugins),
-            fixed=fixed,
-            input_shape=input_shape,
-            max_memory=max_memory,
-            on_progress=bar.update if bar is not None else None,
+        result = api.invert(
+            model, target, settings, on_progress=bar.update if bar is not None else None
         )
     finally:
         if bar is not None:
@@ -305,29 +244,16 @@ def run(
     sys.exit(EXIT_OK if result.all_verified else EXIT_UNVERIFIED)
 
 
-_DISABLE = click.option(
-    "--disable-plugin",
-    "disable_plugins",
-    multiple=True,
-    metavar="NAME",
-    help="Leave out a rule plugin (repeatable).",
-)
-
-
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--input", "input_name", help="Input to invert, when there are several.")
-@click.option("--output", "output_name", help="Output to match, when there are several.")
-@click.option("--fix", multiple=True, metavar="NAME=FILE", help="Hold another input (repeatable).")
-@click.option("--input-shape", help="The inverted input's full shape, where the model leaves it.")
-@_DISABLE
+@settings_options(("input", "output", "fixed", "input_shape", "disable_plugins"))
 @_DEBUG
 @_guard
-def inspect(model, input_name, output_name, fix, input_shape, disable_plugins) -> None:
+def inspect(model, **options) -> None:
     """Show MODEL's inputs, outputs, opsets and operators, and what onnxinv would invert."""
     from . import model as model_mod
-    from .api import parse_shape
 
+    settings = _settings(options)
     proto, name, notes = model_mod.read_model(model)
     inits = {i.name for i in proto.graph.initializer}
     click.echo(f"model: {name}  (ir {proto.ir_version}, producer {proto.producer_name or '?'})")
@@ -346,40 +272,40 @@ def inspect(model, input_name, output_name, fix, input_shape, disable_plugins) -
     for note in notes:
         click.echo(f"note: {note}")
     try:
-        lm = model_mod.load(
+        loaded = model_mod.load(
             proto,
-            input=input_name,
-            output=output_name,
-            fixed=_fixed_values(fix),
-            input_shape=parse_shape(input_shape),
+            input=settings.input,
+            output=settings.output,
+            fixed=settings.fixed,
+            input_shape=settings.input_shape,
         )
     except Exception as exc:  # report, do not fail: inspect is for diagnosing
         click.echo(f"default choice: none ({str(exc).splitlines()[0]})")
         return
-    for note in lm.notes:
+    for note in loaded.notes:
         if note not in notes:
             click.echo(f"note: {note}")
     click.echo(
-        f"default choice: invert {lm.input_name!r} (sample shape {list(lm.input_shape)}) "
-        f"to match {lm.output_name!r} (shape {list(lm.output_shape)})"
+        f"default choice: invert {loaded.input_name!r} (sample shape {list(loaded.input_shape)}) "
+        f"to match {loaded.output_name!r} (shape {list(loaded.output_shape)})"
     )
-    if lm.tail:
+    if loaded.tail:
         click.echo(
-            f"tail: {lm.tail} over the last axis; distribution targets are solved on "
-            f"logits {lm.logits_name!r}"
+            f"tail: {loaded.tail} over the last axis; distribution targets are solved on "
+            f"logits {loaded.logits_name!r}"
         )
-    click.echo(f"batched runs: {'yes' if lm.batched else 'no (one sample per run)'}")
+    click.echo(f"batched runs: {'yes' if loaded.batched else 'no (one sample per run)'}")
     from .graph import describe, partition
     from .rules import default_registry
 
-    part = partition(lm, default_registry(disable_plugins))
+    part = partition(loaded, default_registry(settings.disable_plugins))
     click.echo("blocks (input → output; method auto runs backward, then LM where needed):")
     for line in describe(part):
         click.echo(line)
 
 
 @main.command()
-@_DISABLE
+@settings_options(("disable_plugins",))
 @_guard
 def rules(disable_plugins) -> None:
     """List every inverse rule: operator, versions, kind and the plugin it came from."""
@@ -398,6 +324,19 @@ def rules(disable_plugins) -> None:
         click.echo(f"{name:<28} {versions:<22} {rule.kind:<7} {exact:<5} {source}")
         click.echo(f"    {rule.describe()}")
     click.echo("plugins: " + ", ".join(f"{k} ({v})" for k, v in reg.plugins.items()))
+
+
+@main.command()
+@settings_options(("disable_plugins",))
+@_guard
+def methods(disable_plugins) -> None:
+    """List the solvers --method accepts, with a one-line description and their source."""
+    from .solvers.registry import default_solvers
+
+    reg = default_solvers(disable_plugins)
+    width = max(len(n) for n in reg.names())
+    for e in reg.entries():
+        click.echo(f"{e.name:<{width}}  {e.solver.summary}  [{e.source}]")
 
 
 def _type_str(vi) -> str:

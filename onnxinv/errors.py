@@ -6,6 +6,8 @@ names the problem, so the CLI prints it as is and exits non-zero.
 
 from __future__ import annotations
 
+import contextvars
+
 
 class OnnxInvError(Exception):
     """Base class of every error onnxinv raises for bad input or an impossible request."""
@@ -62,3 +64,16 @@ class OutputExistsError(OptionError):
 
 class RuntimeMissingError(ImportError):
     """Neither onnxruntime nor onnxruntime-gpu is installed."""
+
+
+#: What a run is doing, for the message of an unexpected failure ("onnxinv failed while ...").
+_PHASE: contextvars.ContextVar[str] = contextvars.ContextVar("phase", default="while starting")
+
+
+def set_phase(text: str) -> None:
+    """Say what the run is doing now (``"while partitioning the graph"``)."""
+    _PHASE.set(text)
+
+
+def current_phase() -> str:
+    return _PHASE.get()

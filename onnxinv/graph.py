@@ -32,7 +32,6 @@ from .rules import InverseRule, NodeContext, Registry, RuleNotApplicable
 from .rules.registry import RuleEntry
 
 SHAPE_ONLY = ("Shape", "Size")
-TOP_ONLY = ("Softmax", "LogSoftmax")  # need a point on the probability simplex above them
 
 
 @dataclass
@@ -227,7 +226,7 @@ def partition(lm: LoadedModel, registry: Registry, seed: int = 0) -> Partition:
             entry = registry.resolve(domain, node.op_type, opsets.get(domain, 1))
             if entry is None:
                 step.reason = "no inverse rule registered"
-            elif node.op_type in TOP_ONLY and s_out != y:
+            elif entry.rule.top_only and s_out != y:
                 step.reason = f"{node.op_type} inside the graph is solved numerically"
             elif s_out != node.output[0]:
                 step.reason = f"the data continues from its output {s_out!r}, not its first"

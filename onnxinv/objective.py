@@ -78,19 +78,26 @@ class Objective:
             t = torch.as_tensor(t, dtype=y.dtype, device=y.device)
         return y - t
 
-    def error_from_residual(self, r):
-        """Per-sample check-space error implied by residuals ``r`` (N, m); torch.
+    def difference_from_residual(self, r):
+        """Per-sample difference from the target in check space implied by residuals ``r``.
 
         Softmax ignores constant shifts, so ``softmax(r + C(log p))`` is the distribution the
-        solved tensor stands for; solvers stop on the same quantity the check measures.
+        solved tensor stands for (torch, differentiable).
         """
         if self.kind == "values":
-            return r.abs().amax(1)
+            return r
         import torch
 
         t = torch.as_tensor(self.residual_target, dtype=r.dtype, device=r.device)
         p = torch.as_tensor(self.target.ravel(), dtype=r.dtype, device=r.device)
-        return (torch.softmax(r + t, dim=1) - p).abs().amax(1)
+        return torch.softmax(r + t, dim=1) - p
+
+    def error_from_residual(self, r):
+        """Per-sample check-space error implied by residuals ``r`` (N, m); torch.
+
+        Solvers stop on the same quantity the check measures.
+        """
+        return self.difference_from_residual(r).abs().amax(1)
 
     def check(self, y: np.ndarray) -> np.ndarray:
         """Per-sample largest absolute difference between original-model outputs and target."""

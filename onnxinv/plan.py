@@ -2,7 +2,7 @@
 
 From the output down, the request is an affine family (a point, or ``log p + c`` for a
 distribution). Invertible blocks pull it back rule by rule, choosing points at nonlinearities
-(:mod:`onnxinv.solvers.backward`). An opaque block, or the part of an invertible block below an
+(:mod:`onnxinv.solvers.collapse`). An opaque block, or the part of an invertible block below an
 affine step that is not onto (an expanding layer, which cannot be inverted exactly), is solved by
 Levenberg–Marquardt on that sub-model alone, with the family above it as target: the residual is
 the request's error outside the family's free directions, so a softmax constant or a null space
@@ -20,12 +20,13 @@ import onnx
 
 from . import _ort
 from .errors import MemoryBudgetError
-from .graph import Block, Partition
-from .model import LoadedModel, _extract
+from .graph import Block
+from .model import _extract
 from .objective import Objective
-from .rules.base import ElementwiseRule, Family, OutsideDomain
+from .rules.base import Family, OutsideDomain
 from .rules.linalg import DENSE_LIMIT
-from .solvers.backward import BackwardSettings, box, collapse, interval_bounds, joint_collapse
+from .solvers.base import ModelProblem, Problem, Starts
+from .solvers.collapse import MARGIN, box, collapse, interval_bounds, joint_collapse
 
 EXACT_RESIDUAL = 1e-6  # a family farther than this from the rules' range is not exact
 SOLVE_TOLERANCE = 1e-7  # max |residual| an intermediate LM solve aims for
@@ -77,29 +78,17 @@ def initial_family(objective: Objective, b: int) -> Family:
 
 
 class Plan:
-    """An executable plan for one model, objective and set of bounds (rules' SVDs cached)."""
+    """An executable plan for one whole-model problem (rules' SVDs cached between runs)."""
 
-    def __init__(
-        self,
-        lm: LoadedModel,
-        part: Partition,
-        objective: Objective,
-        settings: BackwardSettings,
-        bounds: tuple[float, float] | None,
-        device: str = "cpu",
-        init_std: float = 1.0,
-        max_iter: int = 30,
-        restarts: int = 3,
-        deadline: float | None = None,
-        max_memory: int | None = None,
-    ):
-        self.lm, self.part, self.objective = lm, part, objective
-        self.settings, self.bounds, self.device = settings, bounds, device
-        self.init_std, self.max_iter, self.restarts = init_std, max_iter, restarts
-        self.deadline, self.max_memory = deadline, max_memory
+    def __init__(self, problem: ModelProblem):
+        part = problem.partition
+        self.problem, self.part = problem, part
+        self.lm, self.objective, self.settings = problem.loaded, problem.objective, problem.settings
+        self.bounds, self.deadline = problem.bounds, problem.deadline
         self.sizes = {t: int(np.prod(s)) for t, s in part.shapes.items()}
         self.ibp: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         first = part.blocks[0] if part.blocks else None
+        bounds = self.bounds
         if bounds is not None and first is not None and first.kind == "invertible":
             n = self.sizes[part.input]
             self.ibp = interval_bounds(first.steps, np.full(n, bounds[0]), np.full(n, bounds[1]))
@@ -132,7 +121,7 @@ class Plan:
                     return min(records, key=lambda r: (r[1], r[2]))[0]
                 free += rule.nullity(mc)
             else:
-                free = getattr(rule, "directions", np.zeros((0, 0))).shape[1]
+                free = rule.free_directions().shape[1]
             size = self.sizes[step.input]
             records.append((step.input, size - free, size))
         return None
@@ -147,9 +136,9 @@ class Plan:
         M = c = None
         for j, step in enumerate(block.steps):
             if step.rule.kind != "affine":
-                ok = isinstance(step.rule, ElementwiseRule) and M is not None
+                ok = step.rule.smooth_inverse() is not None and M is not None
                 return (j, M, c) if ok else None
-            if step.rule.ctx.in_size * step.rule.ctx.out_size > DENSE_LIMIT:
+            if step.rule.ctx.input_size * step.rule.ctx.output_size > DENSE_LIMIT:
                 return None  # composing dense matrices this size costs more than it saves
             mc = step.rule.dense()
             if mc is None:
@@ -159,7 +148,7 @@ class Plan:
 
     # -- backward through one invertible block ------------------------------------------------
     def _backward(self, block: Block, fam: Family, rng, exact):
-        mc, s = self.settings.max_condition, self.settings
+        mc, std = self.settings.max_condition, self.settings.std
         split = self._splits.get(id(block))
         if split == block.output:
             return None, (block.output, fam)
@@ -173,10 +162,10 @@ class Plan:
                 lo, hi = box(
                     rule.output_domain(),
                     self.sizes[step.output],
-                    s.margin,
+                    MARGIN,
                     self.ibp.get(step.output),
                 )
-                y, ok = collapse(fam, lo, hi, rng, s.std, self.deadline)
+                y, ok = collapse(fam, lo, hi, rng, std, self.deadline)
                 j = block.steps.index(step)
                 if (
                     self._bottom is not None
@@ -187,7 +176,7 @@ class Plan:
                     n = M.shape[1]
                     y, ok = joint_collapse(
                         fam,
-                        rule.inverse,
+                        rule.smooth_inverse(),
                         M,
                         c,
                         np.full(n, self.bounds[0]),
@@ -200,12 +189,12 @@ class Plan:
                     )
                 exact &= ok & (fam.residual <= EXACT_RESIDUAL)
                 try:
-                    fam = rule.sample_preimage(y, rng, s.std)
+                    fam = rule.sample_preimage(y, rng, std)
                 except OutsideDomain:
                     # The request misses what this operator can output (e.g. a probability of
                     # exactly 0): continue from the nearest point it can, flagged inexact.
                     exact[:] = False
-                    fam = rule.sample_preimage(rule.nearest(y), rng, s.std)
+                    fam = rule.sample_preimage(rule.nearest(y), rng, std)
                 if step.input == split:
                     return None, (step.input, fam)
         return fam, None
@@ -213,8 +202,7 @@ class Plan:
     # -- LM on a sub-model ------------------------------------------------------------------------
     def _solve(self, src: str, dst: str, fam: Family, rng, exact) -> Family:
         from .residual import convert_or_note, make_residual
-        from .solvers.forward import StartSampler
-        from .solvers.lm import LMSettings, levenberg_marquardt
+        from .solvers.forward import ForwardSolver
 
         self.used_lm = True
         b = len(fam.v0)
@@ -232,35 +220,29 @@ class Plan:
         shape = (-1, *sample) if batched else self.lm.feed_shape(sample)
         residual = make_residual(
             self._modules[key], objective, self._runner(src, dst), sample, shape, batched,
-            self.device,
+            self.settings.device,
         )  # fmt: skip
         self.jacobian_sources.add(residual.jacobian_source)
         at_input = src == self.part.input
-        n = self.sizes[src]
-        if at_input:
-            starts = StartSampler(n, rng, self.bounds, self.init_std)
-        else:
-            starts = _ReachableStarts(self, self._runner(self.part.input, src), rng)
-        import torch
-
-        lo, hi = self.bounds if (at_input and self.bounds is not None) else (None, None)
         error, tol = objective.error_from_residual, SOLVE_TOLERANCE * (1 + np.abs(fam.v0).max())
         if self._is_objective(dst):
             # The request is the objective's own family, so its residuals are the objective's:
             # stop on the user's check (probabilities) at half the tolerance, as forward does.
             error, tol = self.objective.error_from_residual, 0.5 * self.objective.tolerance
-        settings = LMSettings(
+        block = Problem(
+            settings=self.settings,
+            n=self.sizes[src],
             tol=float(tol),
             error=error,
-            max_iter=self.max_iter,
-            restarts=self.restarts,
+            make_residual=lambda: residual,
+            bounds=self.bounds if at_input else None,
             deadline=self.deadline,
-            max_memory=self.max_memory,
+            max_memory=self.problem.max_memory,
+            make_starts=None if at_input else self._reachable_starts(src),
+            name=f"the block {src!r} -> {dst!r}",
         )
         try:
-            out = levenberg_marquardt(
-                residual, starts(b).to(torch.float64), settings, starts, lo, hi
-            )
+            out = ForwardSolver(block).solve_chunk(b, block.starts(rng))
         except MemoryBudgetError as exc:
             ops = sorted({n.op_type for n in self._submodel(src, dst).graph.node})
             raise MemoryBudgetError(
@@ -268,6 +250,24 @@ class Plan:
             ) from None
         exact &= out.converged.numpy()
         return Family.point(out.x.numpy())
+
+    def _reachable_starts(self, src: str):
+        """Starting values for tensor ``src``: the model's own values on random inputs."""
+        run = self._runner(self.part.input, src)
+        shape, n = self.lm.input_shape, self.lm.input_size
+
+        def make(rng):
+            sampler = Starts(n, rng, self.bounds, self.settings.init_std)
+
+            def draw(k: int):
+                import torch
+
+                y = run(sampler(k).numpy().reshape((k, *shape)))
+                return torch.from_numpy(y.reshape(k, -1).astype(np.float64))
+
+            return draw
+
+        return make
 
     def _expired(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
@@ -294,7 +294,7 @@ class Plan:
         """
         if (src, dst) not in self._runners:
             sub = self._submodel(src, dst)
-            sess = _ort.session(sub.SerializeToString(), self.device)
+            sess = _ort.session(sub.SerializeToString(), self.settings.device)
             name, dtype = sub.graph.input[0].name, self.lm.input_dtype
             sample = self.part.shapes[src]
 
@@ -316,9 +316,7 @@ class Plan:
         for block in reversed(self.part.blocks):
             if self._expired():
                 # Out of time: skip the blocks left; random inputs, flagged, as forward would.
-                from .solvers.forward import StartSampler
-
-                x = StartSampler(n, rng, self.bounds, self.init_std)(b).numpy()
+                x = Starts(n, rng, self.bounds, self.settings.init_std)(b).numpy()
                 return PlanOutcome(x, np.zeros(b, dtype=bool))
             if block.kind == "invertible":
                 below, split = self._backward(block, fam, rng, exact)
@@ -332,20 +330,3 @@ class Plan:
         x, ok = collapse(fam, lo, hi, rng, self.settings.std, self.deadline)
         exact &= ok & (fam.residual <= EXACT_RESIDUAL)
         return PlanOutcome(x, exact)
-
-
-class _ReachableStarts:
-    """Starting values for an intermediate tensor: the model's own values on random inputs."""
-
-    def __init__(self, plan: Plan, run, rng: np.random.Generator):
-        from .solvers.forward import StartSampler
-
-        lm = plan.lm
-        self.run, self.shape = run, lm.input_shape
-        self.sampler = StartSampler(lm.input_size, rng, plan.bounds, plan.init_std)
-
-    def __call__(self, k: int):
-        import torch
-
-        y = self.run(self.sampler(k).numpy().reshape((k, *self.shape)))
-        return torch.from_numpy(y.reshape(k, -1).astype(np.float64))

@@ -41,6 +41,12 @@ class Residual(Protocol):
         self, x: torch.Tensor, index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
+    def value_and_gradient(
+        self, x: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residuals (B, m) and the gradient (B, n) of ``loss(residuals).sum()``."""
+        ...
+
 
 class TorchResidual:
     """Residual of a converted torch module; Jacobians by autograd.
@@ -96,6 +102,13 @@ class TorchResidual:
                 (g,) = torch.autograd.grad(r[:, i].sum(), x, retain_graph=i < self.m - 1)
                 jac[:, i] = g
         return r.detach(), jac
+
+    def value_and_gradient(self, x, loss):
+        x = x.detach().to(self.device, self.dtype).requires_grad_(True)
+        with torch.enable_grad():
+            r = self._forward(x, None)
+            (g,) = torch.autograd.grad(loss(r).sum(), x)
+        return r.detach(), g
 
 
 class FiniteDifferenceResidual:
@@ -162,6 +175,14 @@ class FiniteDifferenceResidual:
             rr = self._residual_np(both.reshape(-1, n), rows).reshape(b, 2, len(cols), -1)
             jac[:, :, cols] = ((rr[:, 0] - rr[:, 1]) / (2 * h[:, cols, None])).transpose(0, 2, 1)
         return torch.as_tensor(r, dtype=x.dtype), torch.as_tensor(jac, dtype=x.dtype)
+
+    def value_and_gradient(self, x, loss):
+        """Chain rule through the finite-difference Jacobian (2n model runs per step)."""
+        r, jac = self.value_and_jacobian(x)
+        rr = r.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            (g_r,) = torch.autograd.grad(loss(rr).sum(), rr)
+        return r, torch.einsum("bm,bmn->bn", g_r, jac)
 
 
 def _check(deadline: float | None) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from onnxinv import plugins
 from onnxinv.rules import Registry, load_plugins
 from onnxinv.rules import registry as registry_mod
 
@@ -62,8 +63,8 @@ def test_entry_point_declaration_loads(monkeypatch):
         metadata.EntryPoint("builtin", "onnxinv.rules.builtin:register", "onnxinv.rules"),
         *(metadata.EntryPoint(k, v, registry_mod.ENTRY_POINT_GROUP) for k, v in declared.items()),
     ]
-    monkeypatch.setattr(registry_mod.metadata, "entry_points", lambda group=None: eps)
-    monkeypatch.delenv(registry_mod.DISABLE_ENV, raising=False)
+    monkeypatch.setattr(plugins.metadata, "entry_points", lambda group=None: eps)
+    monkeypatch.delenv(plugins.DISABLE_ENV, raising=False)
     reg = load_plugins(Registry())
     assert reg.plugins == {"builtin": "loaded", "mish": "loaded"}
     entry = reg.resolve("", "Mish", 20)

@@ -25,7 +25,7 @@ from onnxinv.model import load
 from onnxinv.objective import build
 from onnxinv.residual import DeadlineReached, FiniteDifferenceResidual, build_residual
 from onnxinv.rules import default_registry
-from onnxinv.solvers.forward import StartSampler
+from onnxinv.solvers.base import Starts
 from onnxinv.solvers.lm import LMSettings, levenberg_marquardt
 from onnxinv.target import Target
 
@@ -453,7 +453,7 @@ def test_deadline_is_checked_inside_jacobians():
     residual.deadline = 0.0  # long past
     with pytest.raises(DeadlineReached):
         residual.value_and_jacobian(torch.zeros((2, 12), dtype=torch.float64))
-    starts = StartSampler(12, np.random.default_rng(0))
+    starts = Starts(12, np.random.default_rng(0))
     settings = LMSettings(tol=1e-6, deadline=0.0)
     out = levenberg_marquardt(residual, starts(3), settings, starts)
     assert out.timed_out and not out.converged.any()

@@ -39,7 +39,8 @@ from onnxinv.errors import ModelError
 from onnxinv.graph import describe, partition
 from onnxinv.plan import Plan
 from onnxinv.rules import default_registry
-from onnxinv.solvers.backward import BackwardSettings
+from onnxinv.settings import Settings
+from onnxinv.solvers.base import ModelProblem
 from onnxinv.target import Target
 
 REGISTRY = default_registry()
@@ -469,7 +470,10 @@ def check_partition(case: Case) -> str:
     bounds = None if case.ops[0] in ("gemm", "unary") else (-2.0, 2.0)
     try:
         obj = objective_mod.build(lm, target)
-        Plan(lm, part, obj, BackwardSettings(100.0, 0.1), bounds)
+        problem = ModelProblem(
+            Settings(bounds=bounds), lm, obj, deadline=None, max_memory=None, registry=REGISTRY
+        )
+        Plan(problem)
     except ModelError as exc:
         return f"plan ModelError: {str(exc)[:60]}"
     kinds = "+".join(b.kind[0] for b in blocks)

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper
 
 import onnxinv
 from onnxinv import model as model_mod
+from onnxinv import plugins
 from onnxinv.graph import partition
 from onnxinv.rules import (
     AffineRule,
@@ -160,8 +161,8 @@ def fake_eps(monkeypatch, *eps: FakeEntryPoint, builtin_ep: bool = True) -> None
         assert group == registry_mod.ENTRY_POINT_GROUP
         return list(listed)
 
-    monkeypatch.setattr(registry_mod.metadata, "entry_points", entry_points)
-    monkeypatch.delenv(registry_mod.DISABLE_ENV, raising=False)
+    monkeypatch.setattr(plugins.metadata, "entry_points", entry_points)
+    monkeypatch.delenv(plugins.DISABLE_ENV, raising=False)
 
 
 def register_neg(registry):
@@ -255,7 +256,7 @@ def test_disabled_plugins_are_skipped(monkeypatch):
 @pytest.mark.parametrize("value", ["neg", " other , neg ,", "neg,builtin"])
 def test_env_var_disables_plugins(monkeypatch, value):
     fake_eps(monkeypatch, FakeEntryPoint("neg", register_neg))
-    monkeypatch.setenv(registry_mod.DISABLE_ENV, value)
+    monkeypatch.setenv(plugins.DISABLE_ENV, value)
     reg = load_plugins(Registry())
     assert reg.plugins["neg"] == "disabled"
     assert reg.resolve("", "Neg", 17) is None

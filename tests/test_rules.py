@@ -366,7 +366,7 @@ for _op, _rule in (("Softmax", smx.Softmax), ("LogSoftmax", smx.LogSoftmax)):
 
 # Piecewise operators whose preimage of a point is a set. extra["bad"]: outputs they cannot
 # produce, as values put at the last entry of the last sample or as functions of a reachable
-# (B, out_size) output that return an unreachable one (changing the last sample only).
+# (B, output_size) output that return an unreachable one (changing the last sample only).
 def _bump_last_sample(index: int):
     """A window's maximum raised above every other output: overlapping windows (stride 1) whose
     other maxima bound all its entries below it cannot produce that."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import ElementwiseRule, Interval, NodeContext, RuleNotApplicable
+from .base import ElementwiseRule, Interval, NodeContext, RuleNotApplicable, per_sample
 
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_GAMMA = 1.0507009873554804934193349852946
@@ -89,9 +89,8 @@ class PRelu(ElementwiseRule):
         super().__init__(ctx)
         if ctx.data_input != 0 or 1 not in ctx.constants:
             raise RuleNotApplicable("PRelu needs a constant slope")
-        from .linear import _per_sample
 
-        self.slope = _per_sample(ctx.constants[1], ctx.input_shape, ctx.batched).ravel()
+        self.slope = per_sample(ctx.constants[1], ctx.input_shape, ctx.batched).ravel()
         if np.any(self.slope <= 0):
             raise RuleNotApplicable("PRelu with a slope <= 0 is not invertible")
 

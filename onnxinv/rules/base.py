@@ -14,7 +14,7 @@ rules above left free directions (a softmax constant, a layer's null space). The
   its output, inside :meth:`PointRule.output_domain`, and returns the family of its preimages
   (a point for a bijective activation, ``log p + c`` for Softmax).
 
-The planner (``onnxinv.solvers.backward``) collapses a family into a point just below each point
+The planner (``onnxinv.plan`` with ``onnxinv.solvers.collapse``) collapses a family into a point just below each point
 rule, choosing the free coefficients ``u`` so that the point lies in the rule's domain (and in
 the input bounds at the graph input) – a small linear feasibility problem – and at random inside
 that set, so samples differ.
@@ -96,11 +96,11 @@ class NodeContext:
         return self.attrs.get(name, default)
 
     @property
-    def in_size(self) -> int:
+    def input_size(self) -> int:
         return int(np.prod(self.input_shape))
 
     @property
-    def out_size(self) -> int:
+    def output_size(self) -> int:
         return int(np.prod(self.output_shape))
 
 
@@ -132,6 +132,31 @@ class Family:
     def free(self) -> int:
         return self.V.shape[1]
 
+    def sample(self, rng: np.random.Generator, std: float = 0.1) -> np.ndarray:
+        """The paper's choice: particular solution plus a random free-direction vector.
+
+        The random vector's norm is ``std`` times the particular solution's norm.
+        """
+        if self.free == 0:
+            return self.v0.copy()
+        u = rng.standard_normal((len(self.v0), self.free))
+        u /= np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-300)
+        scale = std * np.linalg.norm(self.v0, axis=1, keepdims=True)
+        return self.v0 + (u * scale) @ self.V.T
+
+
+def per_sample(c: np.ndarray, shape: tuple[int, ...], batched: bool) -> np.ndarray:
+    """A broadcast constant as one sample's full-size array (it must not vary over the batch)."""
+    c = np.asarray(c, dtype=np.float64)
+    full = (1, *shape) if batched else shape
+    if c.ndim > len(full) or (batched and c.ndim == len(full) and c.shape[0] != 1):
+        raise RuleNotApplicable("constant varies along the batch dimension")
+    try:
+        out = np.broadcast_to(c, full)
+    except ValueError:
+        raise RuleNotApplicable(f"constant of shape {c.shape} does not broadcast") from None
+    return (out[0] if batched else out).copy()
+
 
 class InverseRule(ABC):
     """Base class of all inverse rules.
@@ -148,6 +173,8 @@ class InverseRule(ABC):
     versions: ClassVar[tuple[int, ...]]
     exact: ClassVar[bool] = True
     kind: ClassVar[str]
+    #: Invert this node only at the graph's output; elsewhere it is solved numerically.
+    top_only: ClassVar[bool] = False
 
     def __init__(self, ctx: NodeContext):
         self.ctx = ctx
@@ -191,9 +218,7 @@ class InverseRule(ABC):
         Returns:
             (B, *input_shape) inputs.
         """
-        from .linalg import sample_family
-
-        x = sample_family(self.family(y, max_condition), rng, std)
+        x = self.family(y, max_condition).sample(rng, std)
         return x.reshape((len(x), *self.ctx.input_shape))
 
 
@@ -212,7 +237,7 @@ class AffineRule(InverseRule):
 
     def nullity(self, max_condition: float) -> int:
         """How many free directions :meth:`pullback` adds (the null space's dimension)."""
-        return max(0, self.ctx.in_size - self.ctx.out_size)
+        return max(0, self.ctx.input_size - self.ctx.output_size)
 
     def dense(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(M, c)`` with ``y = M x + c`` on flat values, when a dense matrix is sensible."""
@@ -220,9 +245,29 @@ class AffineRule(InverseRule):
 
 
 class PointRule(InverseRule):
-    """A nonlinear node: needs one point for its output and returns its preimage family."""
+    """A nonlinear node: needs one point for its output and returns its preimage family.
+
+    What the planner may ask of a point rule, declared here so that it never names rules:
+
+    * :attr:`top_only` – the rule is inverted only at the graph's output (Softmax needs a point
+      on the probability simplex, which only the target gives); elsewhere its node is solved
+      numerically.
+    * :meth:`free_directions` – directions along which every preimage family moves freely
+      whatever the point (Softmax's additive constant); the planner counts them before running.
+    * :meth:`smooth_inverse` – a smooth elementwise inverse, when there is one: the planner then
+      chooses this rule's point jointly with the input below it (linearising the inverse)
+      instead of greedily.
+    """
 
     kind = "point"
+
+    def free_directions(self) -> np.ndarray:
+        """(input_size, k) orthonormal directions every preimage family contains (default none)."""
+        return np.zeros((self.ctx.input_size, 0))
+
+    def smooth_inverse(self):
+        """An elementwise, differentiable inverse ``f(y) -> x`` on flat (B, n) values, or None."""
+        return None
 
     def output_domain(self) -> Interval:
         """Bounds every output value must satisfy for :meth:`preimage` to apply."""
@@ -230,10 +275,10 @@ class PointRule(InverseRule):
 
     @abstractmethod
     def preimage(self, y: np.ndarray) -> Family:
-        """The family of inputs mapping to each point ``y`` (B, out_size); exact or raises."""
+        """The family of inputs mapping to each point ``y`` (B, output_size); exact or raises."""
 
     def sample_preimage(self, y: np.ndarray, rng: np.random.Generator, std: float) -> Family:
-        """Preimages of points ``y`` (B, out_size) drawn at random where there is a choice.
+        """Preimages of points ``y`` (B, output_size) drawn at random where there is a choice.
 
         Rules whose preimage of a point is a set rather than an affine family (ReLU's zeros
         come from any negative input, a max pool's non-maximal entries from anything below the
@@ -243,7 +288,7 @@ class PointRule(InverseRule):
         return self.preimage(y)
 
     def nearest(self, y: np.ndarray) -> np.ndarray:
-        """A point of the domain near ``y`` (B, out_size), for requests that miss it."""
+        """A point of the domain near ``y`` (B, output_size), for requests that miss it."""
         dom = self.output_domain()
         return np.clip(y, dom.lo, dom.hi)
 
@@ -263,6 +308,9 @@ class ElementwiseRule(PointRule):
     @abstractmethod
     def inverse(self, y: np.ndarray) -> np.ndarray:
         """Elementwise inverse of values inside the output domain."""
+
+    def smooth_inverse(self):
+        return self.inverse
 
     def preimage(self, y: np.ndarray) -> Family:
         y = np.asarray(y, dtype=np.float64)

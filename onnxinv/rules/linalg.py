@@ -88,16 +88,3 @@ def permute_family(family: Family, index: np.ndarray) -> Family:
     """Pull back through ``y_flat = x_flat[index]`` (a permutation of flat positions)."""
     inverse = np.argsort(index)
     return Family(family.v0[:, inverse], family.V[inverse], family.residual.copy())
-
-
-def sample_family(family: Family, rng: np.random.Generator, std: float = 0.1) -> np.ndarray:
-    """The paper's choice: particular solution plus a random free-direction vector.
-
-    The random vector's norm is ``std`` times the particular solution's norm.
-    """
-    if family.free == 0:
-        return family.v0.copy()
-    u = rng.standard_normal((len(family.v0), family.free))
-    u /= np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-300)
-    scale = std * np.linalg.norm(family.v0, axis=1, keepdims=True)
-    return family.v0 + (u * scale) @ family.V.T

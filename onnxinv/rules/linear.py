@@ -6,21 +6,8 @@ from functools import cached_property
 
 import numpy as np
 
-from .base import AffineRule, Family, NodeContext, RuleNotApplicable
+from .base import AffineRule, Family, NodeContext, RuleNotApplicable, per_sample
 from .linalg import DENSE_LIMIT, DenseAffine
-
-
-def _per_sample(c: np.ndarray, shape: tuple[int, ...], batched: bool) -> np.ndarray:
-    """A broadcast constant as one sample's full-size array (it must not vary over the batch)."""
-    c = np.asarray(c, dtype=np.float64)
-    full = (1, *shape) if batched else shape
-    if c.ndim > len(full) or (batched and c.ndim == len(full) and c.shape[0] != 1):
-        raise RuleNotApplicable("constant varies along the batch dimension")
-    try:
-        out = np.broadcast_to(c, full)
-    except ValueError:
-        raise RuleNotApplicable(f"constant of shape {c.shape} does not broadcast") from None
-    return (out[0] if batched else out).copy()
 
 
 class _DenseRule(AffineRule):
@@ -34,10 +21,10 @@ class _DenseRule(AffineRule):
 
     def __init__(self, ctx: NodeContext):
         super().__init__(ctx)
-        entries = ctx.in_size * ctx.out_size
+        entries = ctx.input_size * ctx.output_size
         if entries > DENSE_LIMIT:
             raise RuleNotApplicable(
-                f"{ctx.node.op_type} is a {ctx.out_size}x{ctx.in_size} map, too large for a "
+                f"{ctx.node.op_type} is a {ctx.output_size}x{ctx.input_size} map, too large for a "
                 f"dense SVD ({entries:,} entries > {DENSE_LIMIT:,})"
             )
 
@@ -113,7 +100,7 @@ class Gemm(_DenseRule):
         if 2 in ctx.constants:
             c = (
                 ctx.attr("beta", 1.0)
-                * _per_sample(ctx.constants[2], ctx.output_shape, ctx.batched).ravel()
+                * per_sample(ctx.constants[2], ctx.output_shape, ctx.batched).ravel()
             )
         else:
             c = np.zeros(M.shape[0])
@@ -140,13 +127,13 @@ class MatMul(_DenseRule):
         W = ctx.constants.get(1)
         if ctx.data_input != 0 or W is None or W.ndim != 2:
             raise RuleNotApplicable("MatMul is invertible only as x @ W with a constant 2-D W")
-        rows = ctx.in_size // W.shape[0]
+        rows = ctx.input_size // W.shape[0]
         if rows * W.shape[1] * rows * W.shape[0] > 4_000_000:
             raise RuleNotApplicable("MatMul over many rows is too large for a dense inverse")
 
     def matrix(self):
         W = self.ctx.constants[1].astype(np.float64)
-        rows = self.ctx.in_size // W.shape[0]
+        rows = self.ctx.input_size // W.shape[0]
         M = np.kron(np.eye(rows), W.T)  # rows of x are independent
         return M, np.zeros(M.shape[0])
 
@@ -209,7 +196,7 @@ def _const(ctx: NodeContext) -> np.ndarray:
     other = 1 - ctx.data_input
     if other not in ctx.constants:
         raise RuleNotApplicable(f"{ctx.node.op_type} of two data tensors is not affine")
-    return _per_sample(ctx.constants[other], ctx.output_shape, ctx.batched)
+    return per_sample(ctx.constants[other], ctx.output_shape, ctx.batched)
 
 
 class Add(_Elementwise):

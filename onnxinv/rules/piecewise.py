@@ -12,8 +12,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Family, Interval, NodeContext, OutsideDomain, PointRule, RuleNotApplicable
-from .linear import _per_sample
+from .base import (
+    Family,
+    Interval,
+    NodeContext,
+    OutsideDomain,
+    PointRule,
+    RuleNotApplicable,
+    per_sample,
+)
 
 FLOOR = 1e-6  # smallest random step (relative to the sample's scale), so a draw is strict
 MATCH = 1e-9  # relative tolerance of "equals" tests (MaxPool's window maximum, Max/Min's bound)
@@ -387,7 +394,7 @@ class _Extremum(PointRule):
             raise RuleNotApplicable(f"{op}'s constants broadcast the data to a larger shape")
         c = np.full(ctx.output_shape, -np.inf)  # no constant: the identity
         for k in others:
-            const = _per_sample(ctx.constants[k], ctx.output_shape, ctx.batched)
+            const = per_sample(ctx.constants[k], ctx.output_shape, ctx.batched)
             c = np.maximum(c, self.sign * const)
         self.c = c.ravel()  # flat, in Max space
 

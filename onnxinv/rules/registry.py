@@ -13,19 +13,16 @@ planner; ``onnxinv rules`` lists every rule and where it came from.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib import metadata
 
 from onnx import defs
 
 from ..errors import OnnxInvError
+from ..plugins import disabled_from_env, load_entry_points
 from .base import InverseRule
 
 ENTRY_POINT_GROUP = "onnxinv.rules"
-DISABLE_ENV = "ONNXINV_DISABLE_PLUGINS"
-BUILTIN = "builtin"
 
 
 class RegistryError(OnnxInvError):
@@ -112,52 +109,16 @@ def _label(key: tuple[str, str, int]) -> str:
     return f"{d + '.' if d else ''}{o} (version {v})"
 
 
-def disabled_from_env() -> set[str]:
-    raw = os.environ.get(DISABLE_ENV, "")
-    return {p.strip() for p in raw.split(",") if p.strip()}
-
-
 def load_plugins(registry: Registry, disabled: Iterable[str] = ()) -> Registry:
     """Call every ``onnxinv.rules`` entry point's ``register(registry)``, except ``disabled``.
 
     A plugin that fails to import or register is recorded in ``registry.plugins`` with the
     error and skipped; it never stops the built-ins from loading.
     """
-    off = set(disabled) | disabled_from_env()
-    eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name != BUILTIN)
-    for ep in eps:
-        if ep.name in off:
-            registry.plugins[ep.name] = "disabled"
-            continue
-        try:
-            register = ep.load()
-            source = ep.name if ep.dist is None else f"{ep.name} ({ep.dist.name} {ep.dist.version})"
-            register(_SourceRegistry(registry, source))
-            registry.plugins[ep.name] = "loaded"
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break onnxinv
-            registry.plugins[ep.name] = f"failed: {type(exc).__name__}: {exc}"
-    if BUILTIN not in registry.plugins:
-        # Running from a source tree that was never installed: register built-ins directly.
-        from .builtin import register
+    from .builtin import register
 
-        register(_SourceRegistry(registry, BUILTIN))
-        registry.plugins[BUILTIN] = "loaded"
+    registry.plugins.update(load_entry_points(ENTRY_POINT_GROUP, registry, register, disabled))
     return registry
-
-
-class _SourceRegistry:
-    """What a plugin's ``register`` receives: the registry, stamping the plugin as source."""
-
-    def __init__(self, registry: Registry, source: str):
-        self._registry, self._source = registry, source
-
-    def register(self, rule, *, versions=None, override=False, source=None) -> None:
-        self._registry.register(
-            rule, versions=versions, override=override, source=source or self._source
-        )
-
-    def __getattr__(self, name):
-        return getattr(self._registry, name)
 
 
 _DEFAULT: dict[frozenset[str], Registry] = {}

@@ -15,7 +15,7 @@ class _Reshape(AffineRule):
         super().__init__(ctx)
         if ctx.data_input != 0:
             raise RuleNotApplicable(f"{ctx.node.op_type} of a constant")
-        if ctx.in_size != ctx.out_size:
+        if ctx.input_size != ctx.output_size:
             raise RuleNotApplicable(f"{ctx.node.op_type} changes the per-sample size")
 
     def forward(self, x):
@@ -28,7 +28,7 @@ class _Reshape(AffineRule):
         return Family(family.v0.copy(), family.V.copy(), family.residual.copy())
 
     def dense(self):
-        return np.eye(self.ctx.in_size), np.zeros(self.ctx.in_size)
+        return np.eye(self.ctx.input_size), np.zeros(self.ctx.input_size)
 
 
 class Identity(_Reshape):
@@ -101,7 +101,7 @@ class Transpose(AffineRule):
             if perm[0] != 0:
                 raise RuleNotApplicable("Transpose moves the batch dimension")
             perm = [p - 1 for p in perm[1:]]
-        idx = np.arange(ctx.in_size).reshape(ctx.input_shape)
+        idx = np.arange(ctx.input_size).reshape(ctx.input_shape)
         self.index = np.transpose(idx, perm).ravel()  # y_flat = x_flat[index]
 
     def forward(self, x):
@@ -115,7 +115,7 @@ class Transpose(AffineRule):
         return permute_family(family, self.index)
 
     def dense(self):
-        return np.eye(self.ctx.in_size)[self.index], np.zeros(self.ctx.in_size)
+        return np.eye(self.ctx.input_size)[self.index], np.zeros(self.ctx.input_size)
 
 
 RULES = (Identity, Dropout, Flatten, Reshape, Squeeze, Unsqueeze, Transpose)

@@ -12,6 +12,8 @@ SUM_TOLERANCE = 1e-4
 class _SoftmaxBase(PointRule):
     """Shared axis handling: which flat positions form one softmax group."""
 
+    top_only = True  # a point on the simplex exists only where the target gives one
+
     def __init__(self, ctx: NodeContext):
         super().__init__(ctx)
         if ctx.data_input != 0:
@@ -23,17 +25,20 @@ class _SoftmaxBase(PointRule):
         if ctx.batched and axis == 0:
             raise RuleNotApplicable("softmax over the batch dimension")
         a = axis - (1 if ctx.batched else 0)
-        idx = np.arange(ctx.in_size).reshape(shape)
+        idx = np.arange(ctx.input_size).reshape(shape)
         if ctx.since_version < 13:
             # Before opset 13 the input is coerced to 2-D at `axis`: one group per leading index.
             groups = idx.reshape(int(np.prod(shape[:a], dtype=int)), -1)
         else:
             groups = np.moveaxis(idx, a, -1).reshape(-1, shape[a])
         self.groups = groups  # (G, K) flat positions of each group
-        V = np.zeros((ctx.in_size, len(groups)))
+        V = np.zeros((ctx.input_size, len(groups)))
         for g, members in enumerate(groups):
             V[members, g] = 1.0 / np.sqrt(len(members))
         self.directions = V
+
+    def free_directions(self) -> np.ndarray:
+        return self.directions
 
     def _grouped(self, y: np.ndarray) -> np.ndarray:
         return y.reshape(len(y), -1)[:, self.groups]  # (B, G, K)
@@ -61,7 +66,7 @@ class Softmax(_SoftmaxBase):
 
     def nearest(self, y: np.ndarray) -> np.ndarray:
         g = np.maximum(self._grouped(np.asarray(y, dtype=np.float64)), 1e-30)
-        out = np.empty((len(y), self.ctx.in_size))
+        out = np.empty((len(y), self.ctx.input_size))
         out[:, self.groups] = g / g.sum(-1, keepdims=True)
         return out
 
@@ -91,7 +96,7 @@ class LogSoftmax(_SoftmaxBase):
 
     def nearest(self, y: np.ndarray) -> np.ndarray:
         g = self._grouped(np.asarray(y, dtype=np.float64))
-        out = np.empty((len(y), self.ctx.in_size))
+        out = np.empty((len(y), self.ctx.input_size))
         out[:, self.groups] = self._apply(g)
         return out
 

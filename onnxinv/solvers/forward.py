@@ -1,71 +1,98 @@
-"""The forward pass: LM root finding from random starts, chunk by chunk."""
+"""The forward pass: Levenberg–Marquardt from random starts, chunk by chunk."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..residual import Residual
-from .lm import LMSettings, levenberg_marquardt
+from ..errors import MemoryBudgetError
+from .base import Outcome, Solver
+from .lm import LMOutcome, LMSettings, levenberg_marquardt
 
 
-@dataclass
-class StartSampler:
-    """Random starting points: uniform inside the bounds, else normal(0, std)."""
+class ForwardSolver(Solver):
+    """Levenberg–Marquardt on the whole model (or a block) from random starts."""
 
-    n: int
-    rng: np.random.Generator
-    bounds: tuple[float, float] | None = None
-    std: float = 1.0
+    name = "forward"
+    summary = "Levenberg–Marquardt root finding from random starts, on the whole model."
 
-    def __call__(self, k: int) -> torch.Tensor:
-        if self.bounds is not None:
-            lo, hi = self.bounds
-            x = self.rng.uniform(lo, hi, size=(k, self.n))
-        else:
-            x = self.rng.normal(0.0, self.std, size=(k, self.n))
-        return torch.from_numpy(x)
+    def prepare(self) -> None:
+        self.problem.residual  # noqa: B018 - converts the model now, timed as conversion
+
+    def lm_settings(self, restarts: int | None = None) -> LMSettings:
+        p, s = self.problem, self.problem.settings
+        return LMSettings(
+            tol=p.tol,
+            error=p.error,
+            max_iter=s.max_iter,
+            restarts=s.restarts if restarts is None else restarts,
+            deadline=p.deadline,
+            max_memory=p.max_memory,
+        )
+
+    def solve_chunk(
+        self,
+        k: int,
+        starts: Callable[[int], torch.Tensor],
+        x0: torch.Tensor | None = None,
+        restarts: int | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> LMOutcome:
+        """LM on ``k`` samples at once from ``x0`` (default: ``starts(k)``), in float64."""
+        p = self.problem
+        x0 = starts(k) if x0 is None else x0
+        lo, hi = p.bounds if p.bounds is not None else (None, None)
+        try:
+            return levenberg_marquardt(
+                p.residual, x0.to(torch.float64), self.lm_settings(restarts), starts, lo, hi,
+                on_progress,
+            )  # fmt: skip
+        except MemoryBudgetError as exc:
+            raise MemoryBudgetError(f"{exc}, for LM on {p.name}") from None
+
+    def solve(self, k, rng, x0=None, on_progress=None) -> Outcome:
+        """``k`` samples in chunks of ``chunk_size`` (memory: one chunk's Jacobians at once).
+
+        With ``x0``, each sample starts there and is not restarted (a polish); otherwise from
+        random starts, with restarts for the samples that stall.
+        """
+        starts = self.problem.starts(rng)
+        size = self.problem.settings.chunk_size
+        parts = []
+        for first in range(0, k, size):
+            n = min(size, k - first)
+            if self.problem.expired():
+                x = starts(n) if x0 is None else torch.from_numpy(x0[first : first + n])
+                parts.append(Outcome.unsolved(x.numpy(), self.name))
+                continue
+            if x0 is None:
+                out = self.solve_chunk(n, starts, on_progress=on_progress)
+            else:
+                start = torch.from_numpy(np.asarray(x0[first : first + n], dtype=np.float64))
+                out = self.solve_chunk(n, starts, start, restarts=0, on_progress=on_progress)
+            parts.append(
+                Outcome(
+                    out.x.numpy(),
+                    out.residual.numpy(),
+                    out.iterations.numpy(),
+                    [self.name] * n,
+                    timed_out=out.timed_out,
+                )  # fmt: skip
+            )
+        return concatenate(parts)
 
 
-@dataclass
-class ForwardSolution:
-    """Flat solutions (N, n) with per-sample iterations, in float64."""
-
-    x: np.ndarray
-    iterations: np.ndarray
-    timed_out: bool
-
-
-def solve_forward(
-    residual: Residual,
-    samples: int,
-    starts: StartSampler,
-    settings: LMSettings,
-    chunk_size: int = 256,
-    on_finish: Callable[[int], None] | None = None,
-) -> ForwardSolution:
-    """Solve ``samples`` independent inversions in chunks of at most ``chunk_size``.
-
-    Memory is bounded by the chunk: Jacobians are (chunk, m, n) and the autograd graph holds
-    one chunk's activations.
-    """
-    xs, its = [], []
-    timed_out = False
-    lo, hi = starts.bounds if starts.bounds is not None else (None, None)
-    for first in range(0, samples, chunk_size):
-        k = min(chunk_size, samples - first)
-        x0 = starts(k)
-        if settings.deadline is not None and time.monotonic() > settings.deadline:
-            timed_out = True
-            xs.append(x0.numpy())
-            its.append(np.zeros(k, dtype=np.int64))
-            continue
-        out = levenberg_marquardt(residual, x0, settings, starts, lo, hi, on_finish)
-        timed_out |= out.timed_out
-        xs.append(out.x.numpy())
-        its.append(out.iterations.numpy())
-    return ForwardSolution(np.concatenate(xs), np.concatenate(its), timed_out)
+def concatenate(parts: list[Outcome]) -> Outcome:
+    """One outcome from several, in order."""
+    if len(parts) == 1:
+        return parts[0]
+    return Outcome(
+        np.concatenate([p.x for p in parts]),
+        np.concatenate([p.error for p in parts]),
+        np.concatenate([p.iterations for p in parts]),
+        [path for p in parts for path in p.paths],
+        [n for p in parts for n in p.notes],
+        timed_out=any(p.timed_out for p in parts),
+    )

@@ -1,0 +1,14 @@
+"""The built-in solvers, registered through the ``onnxinv.solvers`` entry point ``builtin``."""
+
+from __future__ import annotations
+
+
+def register(registry) -> None:
+    """Register auto, backward, forward and gd (in the order ``onnxinv methods`` lists them)."""
+    from .auto import AutoSolver
+    from .backward import BackwardSolver
+    from .forward import ForwardSolver
+    from .gd import GradientDescentSolver
+
+    for solver in (AutoSolver, BackwardSolver, ForwardSolver, GradientDescentSolver):
+        registry.register(solver)

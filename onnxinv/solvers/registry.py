@@ -1,0 +1,94 @@
+"""The registry of solvers, by method name (``--method NAME``).
+
+Solvers arrive through the entry-point group ``onnxinv.solvers``, each entry point naming a
+``register(registry)`` function; the built-ins come through the same path
+(``onnxinv.solvers.builtin:register``). Adding a solver is one class and one ``register`` call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..errors import OnnxInvError
+from ..plugins import disabled_from_env, load_entry_points
+from .base import Solver
+
+ENTRY_POINT_GROUP = "onnxinv.solvers"
+
+
+class SolverRegistryError(OnnxInvError):
+    """A solver could not be registered."""
+
+
+@dataclass(frozen=True)
+class SolverEntry:
+    """One registered method name and the solver class behind it."""
+
+    name: str
+    solver: type[Solver]
+    source: str
+
+
+class SolverRegistry:
+    """Solvers by method name; build a fresh one for tests."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, SolverEntry] = {}
+        self.plugins: dict[str, str] = {}
+
+    def register(
+        self, solver: type[Solver], *, override: bool = False, source: str = "unknown"
+    ) -> None:
+        """Register ``solver`` under its ``name``.
+
+        Raises:
+            SolverRegistryError: the name is taken and ``override`` is False, or the class does
+                not declare ``name`` and ``summary`` or is not a :class:`Solver`.
+        """
+        name = getattr(solver, "name", None)
+        if not (isinstance(solver, type) and issubclass(solver, Solver)):
+            raise SolverRegistryError(f"{solver!r} is not a Solver subclass")
+        if not name or not getattr(solver, "summary", None):
+            raise SolverRegistryError(f"solver {solver.__name__} declares no name or summary")
+        if name in self._entries and not override:
+            old = self._entries[name]
+            raise SolverRegistryError(
+                f"method {name!r} is already registered by {old.solver.__name__} from "
+                f"{old.source}; pass override=True to replace it"
+            )
+        self._entries[name] = SolverEntry(name, solver, source)
+
+    def unregister(self, name: str) -> None:
+        self._entries.pop(name, None)
+
+    def get(self, name: str) -> type[Solver]:
+        return self._entries[name].solver
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._entries)
+
+    def entries(self) -> list[SolverEntry]:
+        return list(self._entries.values())
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+
+def load_solver_plugins(registry: SolverRegistry, disabled: Iterable[str] = ()) -> SolverRegistry:
+    """Register every ``onnxinv.solvers`` entry point's solvers, except ``disabled`` plugins."""
+    from .builtin import register
+
+    registry.plugins.update(load_entry_points(ENTRY_POINT_GROUP, registry, register, disabled))
+    return registry
+
+
+_DEFAULT: dict[frozenset[str], SolverRegistry] = {}
+
+
+def default_solvers(disabled: Iterable[str] = ()) -> SolverRegistry:
+    """The registry with built-ins and every installed solver plugin (cached per disabled set)."""
+    key = frozenset(set(disabled) | disabled_from_env())
+    if key not in _DEFAULT:
+        _DEFAULT[key] = load_solver_plugins(SolverRegistry(), key)
+    return _DEFAULT[key]
