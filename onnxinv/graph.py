@@ -179,13 +179,13 @@ def _context(
     )
 
 
-def partition(lm: LoadedModel, registry: Registry, seed: int = 0) -> Partition:
-    """Partition ``lm.pruned`` into blocks using the rules of ``registry``."""
-    model = lm.pruned
-    x, y = lm.input_name, lm.output_name
-    batched = lm.batch_axis
+def partition(loaded: LoadedModel, registry: Registry, seed: int = 0) -> Partition:
+    """Partition ``loaded.pruned`` into blocks using the rules of ``registry``."""
+    model = loaded.pruned
+    x, y = loaded.input_name, loaded.output_name
+    batched = loaded.batch_axis
     rng = np.random.default_rng(seed + 3)
-    feed = rng.random(lm.run_shape).astype(lm.input_dtype)
+    feed = rng.random(loaded.run_shape).astype(loaded.input_dtype)
     values = _ort.all_values(model, {x: feed})
     values[x] = feed
     for init in model.graph.initializer:
@@ -258,7 +258,7 @@ def partition(lm: LoadedModel, registry: Registry, seed: int = 0) -> Partition:
                 Block("opaque", s_in, s_out, steps=[step] if step else [], nodes=list(core))
             )
     boundaries = {t for _, t in cuts}  # where blocks (and LM within a block) may start
-    return Partition(blocks, shapes, _with_shapes(model, values, boundaries, lm.batched), x, y)
+    return Partition(blocks, shapes, _with_shapes(model, values, boundaries, loaded.batched), x, y)
 
 
 def _with_shapes(

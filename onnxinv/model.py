@@ -676,7 +676,7 @@ def load(
         if batched:
             pruned = candidate
     tail, logits = _tail(_infer(pruned), out_name)
-    lm = LoadedModel(
+    loaded = LoadedModel(
         original=proto,
         name=name,
         input_name=vi_in.name,
@@ -698,26 +698,26 @@ def load(
     )
     probe = np.random.default_rng(seed).random((2, *sample)).astype(dtype)
     try:
-        first = lm.run_original_one(probe[0])
+        first = loaded.run_original_one(probe[0])
     except Exception as exc:
         raise ModelError(f"onnxruntime cannot run the model: {_first_line(exc)}") from None
     if not np.issubdtype(first.dtype, np.floating):
         raise ModelError(f"output {out_name!r} is {first.dtype}, not a float tensor")
-    strip = lm.original_batch_dim and first.ndim >= 1 and first.shape[0] == 1
-    lm.output_shape = tuple(first.shape[1:] if strip else first.shape)
+    strip = loaded.original_batch_dim and first.ndim >= 1 and first.shape[0] == 1
+    loaded.output_shape = tuple(first.shape[1:] if strip else first.shape)
     try:
-        y = lm.run(probe)
+        y = loaded.run(probe)
     except Exception as exc:
         raise ModelError(
             f"onnxruntime cannot run the graph cut from {vi_in.name!r} to {out_name!r}: "
             f"{_first_line(exc)}"
         ) from None
-    if y.size != 2 * lm.output_size:
+    if y.size != 2 * loaded.output_size:
         raise ModelError(
             f"the graph cut from {vi_in.name!r} to {out_name!r} gives {y.size // 2} values per "
-            f"sample, the model {lm.output_size}"
+            f"sample, the model {loaded.output_size}"
         )
-    return lm
+    return loaded
 
 
 def _same_when_batched(plain, candidate, in_name, out_name, run_shape, dtype, seed) -> bool:

@@ -134,14 +134,14 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def output_space(lm: LoadedModel, seed: int = 0) -> str:
+def output_space(loaded: LoadedModel, seed: int = 0) -> str:
     """What the chosen output holds, from its last node or, failing that, from its values."""
-    if lm.tail == "Softmax":
+    if loaded.tail == "Softmax":
         return "probabilities"
-    if lm.tail == "LogSoftmax":
+    if loaded.tail == "LogSoftmax":
         return "log-probabilities"
     rng = np.random.default_rng(seed + 2)
-    y = lm.run(rng.random((8, *lm.input_shape))).reshape(8, -1).astype(np.float64)
+    y = loaded.run(rng.random((8, *loaded.input_shape))).reshape(8, -1).astype(np.float64)
     if y.shape[1] >= 2 and np.all(y >= 0) and np.allclose(y.sum(1), 1.0, atol=1e-4):
         return "probabilities"
     if y.shape[1] >= 2 and np.all(y <= 0) and np.allclose(np.exp(y).sum(1), 1.0, atol=1e-4):
@@ -149,17 +149,17 @@ def output_space(lm: LoadedModel, seed: int = 0) -> str:
     return "logits"
 
 
-def build(lm: LoadedModel, target: Target, seed: int = 0) -> Objective:
-    """The objective for ``target`` on ``lm``."""
-    t = target.resolve(lm.output_shape)
+def build(loaded: LoadedModel, target: Target, seed: int = 0) -> Objective:
+    """The objective for ``target`` on ``loaded``."""
+    t = target.resolve(loaded.output_shape)
     if target.kind == "values":
         return Objective(
             "values", "values", "output", t, t.ravel().astype(np.float64), target.tolerance
         )
-    space = output_space(lm, seed)
+    space = output_space(loaded, seed)
     logp = np.log(t)
     centred = logp - logp.mean()
     # Below a Softmax/LogSoftmax tail solve on its logits; a log-probability output is a logit
     # vector up to a constant, and a probability output is matched in log space (see transform).
-    solve_on = "logits" if lm.tail is not None else "output"
+    solve_on = "logits" if loaded.tail is not None else "output"
     return Objective("distribution", space, solve_on, t, centred, target.tolerance)

@@ -83,7 +83,11 @@ class Plan:
     def __init__(self, problem: ModelProblem):
         part = problem.partition
         self.problem, self.part = problem, part
-        self.lm, self.objective, self.settings = problem.loaded, problem.objective, problem.settings
+        self.loaded, self.objective, self.settings = (
+            problem.loaded,
+            problem.objective,
+            problem.settings,
+        )
         self.bounds, self.deadline = problem.bounds, problem.deadline
         self.sizes = {t: int(np.prod(s)) for t, s in part.shapes.items()}
         self.ibp: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -215,9 +219,9 @@ class Plan:
         if key not in self._modules:
             self._modules[key], note = convert_or_note(self._submodel(src, dst))
             self.notes += [note] if note else []
-        batched = self.lm.batched
+        batched = self.loaded.batched
         sample = self.part.shapes[src]
-        shape = (-1, *sample) if batched else self.lm.feed_shape(sample)
+        shape = (-1, *sample) if batched else self.loaded.feed_shape(sample)
         residual = make_residual(
             self._modules[key], objective, self._runner(src, dst), sample, shape, batched,
             self.settings.device,
@@ -254,7 +258,7 @@ class Plan:
     def _reachable_starts(self, src: str):
         """Starting values for tensor ``src``: the model's own values on random inputs."""
         run = self._runner(self.part.input, src)
-        shape, n = self.lm.input_shape, self.lm.input_size
+        shape, n = self.loaded.input_shape, self.loaded.input_size
 
         def make(rng):
             sampler = Starts(n, rng, self.bounds, self.settings.init_std)
@@ -276,7 +280,7 @@ class Plan:
         """Whether the family asked of ``dst`` is exactly the objective's residual family."""
         obj = self.objective
         if obj.solve_on == "logits":
-            return dst == self.lm.logits_name
+            return dst == self.loaded.logits_name
         return dst == self.part.output and obj.transform in ("identity", "centre")
 
     def _submodel(self, src: str, dst: str) -> onnx.ModelProto:
@@ -295,15 +299,15 @@ class Plan:
         if (src, dst) not in self._runners:
             sub = self._submodel(src, dst)
             sess = _ort.session(sub.SerializeToString(), self.settings.device)
-            name, dtype = sub.graph.input[0].name, self.lm.input_dtype
+            name, dtype = sub.graph.input[0].name, self.loaded.input_dtype
             sample = self.part.shapes[src]
 
             def run(x: np.ndarray) -> np.ndarray:
                 x = np.asarray(x, dtype=dtype)
-                if self.lm.batched:
+                if self.loaded.batched:
                     return sess.run(None, {name: x.reshape((len(x), *sample))})[0]
-                shape = self.lm.feed_shape(sample)
-                return self.lm.stack([sess.run(None, {name: xi.reshape(shape)})[0] for xi in x])
+                shape = self.loaded.feed_shape(sample)
+                return self.loaded.stack([sess.run(None, {name: xi.reshape(shape)})[0] for xi in x])
 
             self._runners[(src, dst)] = run
         return self._runners[(src, dst)]

@@ -51,6 +51,9 @@ def load_entry_points(
     status: dict[str, str] = {}
     off = set(disabled) | disabled_from_env()
     eps = sorted(metadata.entry_points(group=group), key=lambda e: e.name != BUILTIN)
+    if not any(ep.name == BUILTIN for ep in eps):
+        builtin(SourceRegistry(registry, BUILTIN))
+        status[BUILTIN] = "loaded"
     for ep in eps:
         if ep.name in off:
             status[ep.name] = "disabled"
@@ -62,7 +65,4 @@ def load_entry_points(
             status[ep.name] = "loaded"
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not break onnxinv
             status[ep.name] = f"failed: {type(exc).__name__}: {exc}"
-    if BUILTIN not in status:
-        builtin(SourceRegistry(registry, BUILTIN))
-        status[BUILTIN] = "loaded"
     return status

@@ -31,7 +31,7 @@ class Verification:
 
 
 def verify(
-    lm: LoadedModel,
+    loaded: LoadedModel,
     objective: Objective,
     x: np.ndarray,
     bounds: tuple[float, float] | None = None,
@@ -42,11 +42,11 @@ def verify(
     most the tolerance (in probability space for distribution targets), it is finite, and it lies
     inside ``bounds``.
     """
-    xs = np.asarray(x).astype(lm.input_dtype)
+    xs = np.asarray(x).astype(loaded.input_dtype)
     if bounds is not None:
         # Rounding to the model's dtype must not step outside the box.
         xs = np.clip(xs, np.asarray(bounds[0], xs.dtype), np.asarray(bounds[1], xs.dtype))
-    outputs = lm.run(xs, which="original")
+    outputs = loaded.run(xs, which="original")
     errors = objective.check(outputs)
     ok = np.isfinite(errors) & (errors <= objective.tolerance)
     ok &= np.isfinite(xs.reshape(len(xs), -1)).all(1)

@@ -158,8 +158,8 @@ def fake_eps(monkeypatch, *eps: FakeEntryPoint, builtin_ep: bool = True) -> None
     listed = ([FakeEntryPoint("builtin", builtin.register)] if builtin_ep else []) + list(eps)
 
     def entry_points(group=None, **kw):
-        assert group == registry_mod.ENTRY_POINT_GROUP
-        return list(listed)
+        # Rule plugins only; solver plugins (another group) are tested in test_solvers.py.
+        return list(listed) if group == registry_mod.ENTRY_POINT_GROUP else []
 
     monkeypatch.setattr(plugins.metadata, "entry_points", entry_points)
     monkeypatch.delenv(plugins.DISABLE_ENV, raising=False)

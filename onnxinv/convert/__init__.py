@@ -14,11 +14,11 @@ import torch
 
 from ..errors import ConversionError
 from . import compat
+from .agreement import check as check_against_ort
 from .locate import find_failing_converter, find_missing_converter
-from .output import select_graph_output
 from .sample import check_single_output, graph_input, input_dtype
 from .sample import sample_input as random_input
-from .verify import check as check_against_ort
+from .select_output import select_graph_output
 
 __all__ = ["ConversionError", "compat", "to_torch"]
 

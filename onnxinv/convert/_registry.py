@@ -52,14 +52,6 @@ def since_versions(op_type: str, domain: str = ONNX_DOMAIN) -> tuple[int, ...]:
     )
 
 
-def schema_version(op_type: str, opset: int, domain: str = ONNX_DOMAIN) -> int | None:
-    """The since_version of ``op_type``'s schema at ``opset``, or None if onnx has no schema."""
-    try:
-        return defs.get_schema(op_type, max_inclusive_version=opset, domain=domain).since_version
-    except (RuntimeError, defs.SchemaError):
-        return None
-
-
 def newest_below(op_type: str, version: int, domain: str = ONNX_DOMAIN) -> Converter | None:
     """The converter of the newest registered since_version strictly below ``version``."""
     older = [v for v in registered_versions(op_type, domain) if v < version]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import onnx
 from onnx2torch.onnx_graph import OnnxGraph
 
-from . import _registry
+from ..schema import schema_version
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def node_infos(model: onnx.ModelProto) -> list[NodeInfo]:
         opset = imports.get(proto.domain or "")
         version = None
         if opset is not None:
-            version = _registry.schema_version(proto.op_type, opset, proto.domain)
+            version = schema_version(proto.op_type, opset, proto.domain)
         infos.append(NodeInfo(proto, module_name, opset, version))
     return infos
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from onnx import defs
-
 from ..errors import OnnxInvError
 from ..plugins import disabled_from_env, load_entry_points
+from ..schema import schema_version
 from .base import InverseRule
 
 ENTRY_POINT_GROUP = "onnxinv.rules"
@@ -79,13 +78,9 @@ class Registry:
     def resolve(self, domain: str, op_type: str, opset: int) -> RuleEntry | None:
         """The rule for ``op_type`` in a model whose opset for ``domain`` is ``opset``."""
         domain = _norm(domain)
-        try:
-            version = defs.get_schema(
-                op_type, max_inclusive_version=opset, domain=domain
-            ).since_version
+        version = schema_version(op_type, opset, domain)
+        if version is not None:
             return self._entries.get((domain, op_type, version))
-        except (defs.SchemaError, RuntimeError):
-            pass
         versions = [v for (d, o, v) in self._entries if d == domain and o == op_type and v <= opset]
         return self._entries[(domain, op_type, max(versions))] if versions else None
 
