@@ -10,7 +10,8 @@ from . import (
 )
 from .api import invert
 from .result import InversionResult
+from .settings import Settings
 from .target import Target
 
-__all__ = ["InversionResult", "Target", "errors", "invert"]
+__all__ = ["InversionResult", "Settings", "Target", "errors", "invert"]
 __version__ = "0.1.0"
