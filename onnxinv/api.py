@@ -256,37 +256,6 @@ def duplicate_rows(x: np.ndarray, rel: float = 1e-3) -> np.ndarray:
     return dup
 
 
-def _distinct(run, check, iterations, methods, deadline, notes):
-    """Replace samples identical to an earlier one by new draws; drop those that stay equal.
-
-    Two equal samples are one preimage counted twice. They are solved once more (fresh random
-    choices); what is still a duplicate then (a target whose preimage is a single point, as for
-    a bijective model and an exact target) is dropped, and a note says how many are distinct.
-    """
-    dup = duplicate_rows(check.inputs)
-    if dup.any():  # after the deadline, solve() draws random starts: cheap, and often distinct
-        idx = np.flatnonzero(dup)
-        again, its, paths = run.solve(len(idx), fresh=True)
-        # A new draw replaces a repeat unless it failed where the repeat was verified.
-        take = again.verified | ~check.verified[idx]
-        check.replace(idx[take], again.subset(take))
-        iterations[idx[take]] = its[take]
-        for i, path in zip(idx[take], np.asarray(paths)[take], strict=True):
-            methods[i] = str(path)
-        dup = duplicate_rows(check.inputs)
-    if dup.any():
-        keep = ~dup
-        notes.append(
-            f"only {int(keep.sum())} of {len(keep)} samples are distinct (the others repeated "
-            "one of them even after new random choices: this target's preimage may be a "
-            "single point); the repeats were dropped"
-        )
-        check = check.subset(keep)
-        iterations = iterations[keep]
-        methods = [m for m, k in zip(methods, keep, strict=True) if k]
-    return check, iterations, methods
-
-
 def _distinct(solver: Solver, rng, check: Verification, out: Outcome, notes: list[str]):
     """Replace samples identical to an earlier one by new draws; drop those that stay equal.
 
