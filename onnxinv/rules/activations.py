@@ -16,6 +16,12 @@ class Selu(ElementwiseRule):
     op_type = "Selu"
     versions = (1, 6, 22)
 
+    def __init__(self, ctx: NodeContext):
+        super().__init__(ctx)
+        a, g = self._ag()
+        if a <= 0 or g <= 0:
+            raise RuleNotApplicable("Selu with alpha <= 0 or gamma <= 0 is not invertible")
+
     def _ag(self) -> tuple[float, float]:
         return self.ctx.attr("alpha", SELU_ALPHA), self.ctx.attr("gamma", SELU_GAMMA)
 

@@ -85,6 +85,10 @@ def collapse(
         # family), so samples spread over the whole feasible slice instead of hugging the
         # particular solution.
         u_r = (rng.uniform(lo, hi, size=(b, len(lo))) - v0) @ V
+    elif k == 1:
+        # A sphere in one dimension is two points: draw the signed length instead, so samples
+        # differ (normal, of mean magnitude about std·|v0|).
+        u_r = rng.standard_normal((b, 1)) * std * np.linalg.norm(v0, axis=1, keepdims=True)
     elif k:
         u_r = rng.standard_normal((b, k))
         u_r *= (
