@@ -118,10 +118,12 @@ class ModelProblem(Problem):
     ):
         from ..residual import build_residual
 
-        def make_residual():
+        notes = list(loaded.notes)
+
+        def make_residual():  # refers to the notes list, not to self: no reference cycle
             set_phase("while converting the model for Jacobians")
             residual, note = build_residual(loaded, objective, device=settings.device)
-            self.notes += [note] if note else []
+            notes.extend([note] if note else [])
             return residual
 
         # Stop at half the tolerance: float32 rounding in the verification run must not tip
@@ -136,7 +138,7 @@ class ModelProblem(Problem):
             bounds=settings.bounds,
             deadline=deadline,
             max_memory=max_memory,
-            notes=list(loaded.notes),
+            notes=notes,
             name=f"the whole model ({loaded.input_name!r} -> "
             f"{loaded.logits_name if objective.solve_on == 'logits' else loaded.output_name!r})",
         )
