@@ -134,7 +134,7 @@ def invert(
     return _checked(_result(problem, tgt, check, outcome, timings), timed_out)
 
 
-invert.__doc__ += "\n    Options:\n" + describe_options().replace("\n    ", "\n        ")[4:] + "\n"
+invert.__doc__ += "\n    Options:\n" + describe_options(" " * 8) + "\n"
 
 
 def _solver_class(s: Settings, registry) -> type[Solver]:

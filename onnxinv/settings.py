@@ -223,7 +223,8 @@ class Settings:
                                 check=tensor_name, cli_type=str, group="model")  # fmt: skip
     fixed: Mapping[str, Any] | None = option(
         None,
-        "Hold another input at a value from FILE (.npy or TensorProto .pb); repeatable.",
+        "Other inputs held at given values ({name: array}; CLI: NAME=FILE with a .npy or "
+        "TensorProto .pb, repeatable).",
         check=fixed_inputs, flag="--fix", multiple=True, metavar="NAME=FILE", cli_type=str,
         group="model",
     )  # fmt: skip
@@ -305,8 +306,9 @@ class Settings:
         return out
 
 
-def describe_options() -> str:
-    """The options as ``name (default): help`` lines, for docstrings and README."""
+def describe_options(indent: str = "    ") -> str:
+    """The options as ``name (default): help`` lines, for docstrings."""
     return "\n".join(
-        f"    {f.name} ({f.default!r}): {f.metadata['help']}" for f in dataclasses.fields(Settings)
+        f"{indent}{f.name} ({f.default!r}): {f.metadata['help']}"
+        for f in dataclasses.fields(Settings)
     )
