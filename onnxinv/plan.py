@@ -104,6 +104,22 @@ class Plan:
         self.jacobian_sources: set[str] = set()
         self._bottom = self._bottom_map(first) if bounds is not None and first else None
         self._splits = {id(b): self._split_tensor(b) for b in part.blocks if b.kind == "invertible"}
+        self._chain = self._chain_solver(first)
+
+    def _chain_solver(self, block: Block | None):
+        """The joint, batched backward pass for the first block, where it applies."""
+        from .solvers.chain import ChainSolver, chain_of
+
+        if block is None or block.kind != "invertible":
+            return None
+        found = chain_of(block)
+        if found is None:
+            return None
+        ops, top = found
+        if top and block is not self.part.blocks[-1]:
+            return None
+        n = self.sizes[self.part.input]
+        return ChainSolver(ops, top, n, self.bounds, self.settings, self.deadline)
 
     def _split_tensor(self, block: Block) -> str | None:
         """Where LM takes over in ``block``, decided from its structure alone (None: nowhere).
@@ -322,6 +338,10 @@ class Plan:
                 # Out of time: skip the blocks left; random inputs, flagged, as forward would.
                 x = Starts(n, rng, self.bounds, self.settings.init_std)(b).numpy()
                 return PlanOutcome(x, np.zeros(b, dtype=bool))
+            if block is self.part.blocks[0] and self._chain is not None:
+                x, ok = self._chain.solve(fam, rng)
+                exact &= ok & (fam.residual <= EXACT_RESIDUAL)
+                return PlanOutcome(x, exact)
             if block.kind == "invertible":
                 below, split = self._backward(block, fam, rng, exact)
                 if split is None:

@@ -102,13 +102,13 @@ def test_lm_runs_only_on_the_opaque_block(bounds, lm_calls):
     assert pairwise_gap(out.x[out.exact]) > 1e-3
 
 
-def test_lm_solves_below_an_affine_step_that_is_not_onto(lm_calls):
-    """2 inputs -> 5 hidden: the pullback cannot be exact, so LM takes the whole block."""
+def test_a_chain_with_an_expanding_layer_needs_no_lm(lm_calls):
+    """2 inputs -> 5 hidden: the layer-by-layer pullback cannot be exact there, but the chain's
+    joint choice (the input determines every layer) solves it exactly, with no LM."""
     c = case("overdetermined")
     problem, plan, out = run(c, 4)
     assert problem.partition.fully_invertible
-    assert plan.used_lm
-    assert lm_calls == [(problem.partition.input, problem.partition.output)]
+    assert not plan.used_lm and lm_calls == []
     assert out.exact.all() and problem.verify(out.x).verified.all()
 
 
