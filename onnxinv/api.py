@@ -14,6 +14,7 @@ import numpy as np
 from . import model as model_mod
 from . import objective as objective_mod
 from .budget import parse_memory
+from .certify import certify
 from .errors import (
     MemoryBudgetError,
     ModelError,
@@ -115,6 +116,10 @@ def invert(
         s, loaded, objective, deadline=deadline, max_memory=parse_memory(s.max_memory),
         registry=registry,
     )  # fmt: skip
+    set_phase("while bounding what the box can reach")
+    proof = certify(problem) if s.bounds is not None else None
+    if proof is not None:
+        raise UnreachableTargetError(proof, proven=True)
     t1 = time.perf_counter()
 
     set_phase(f"while preparing the {s.method} solver")
@@ -212,9 +217,9 @@ def _checked(result: InversionResult, timed_out: bool) -> InversionResult:
         )
     else:
         message = (
-            f"target unreachable: none of {n} samples reached tolerance {tol:g} (best max "
-            f"error {best:.3g}); try more --max-iter/--restarts, wider --bounds, or a larger "
-            "tolerance"
+            f"target not reached: none of {n} samples reached tolerance {tol:g} (best max "
+            f"error {best:.3g}; not proven unreachable either); try more --max-iter/--restarts, "
+            "wider --bounds, or a larger tolerance"
         )
     raise UnreachableTargetError(message, result=result, best_error=best)
 

@@ -41,17 +41,22 @@ class ConversionError(UnsupportedOperatorError):
 
 
 class UnreachableTargetError(OnnxInvError):
-    """No sample reached the target within tolerance.
+    """No sample reached the target within tolerance, or no input in the bounds can.
 
     Attributes:
         result: the best (unverified) :class:`~onnxinv.result.InversionResult`, if any.
         best_error: the smallest verification error any sample reached.
+        proven: True when sound bounds show that no input inside ``--bounds`` gives the target
+            (then nothing was solved); False when the solvers only did not reach it.
     """
 
-    def __init__(self, message: str, result=None, best_error: float | None = None):
+    def __init__(
+        self, message: str, result=None, best_error: float | None = None, proven: bool = False
+    ):
         super().__init__(message)
         self.result = result
         self.best_error = best_error
+        self.proven = proven
 
 
 class MemoryBudgetError(OnnxInvError):

@@ -214,6 +214,13 @@ def partition(loaded: LoadedModel, registry: Registry, seed: int = 0) -> Partiti
     if entry_tensor != y:  # not reached in a pruned graph, where y is the last cut
         segments.append((entry_tensor, y, nodes[start:]))
 
+    # A top-only rule may sit below Identity nodes that end the graph.
+    tops, producer = {y}, {o: n for n in nodes for o in n.output}
+    while y in producer and producer[y].op_type == "Identity":
+        y = producer[y].input[0]
+        tops.add(y)
+    y = loaded.output_name
+
     blocks: list[Block] = []
     for s_in, s_out, seg in segments:
         # The nodes computing data; the others compute shapes (folded into constants).
@@ -226,7 +233,7 @@ def partition(loaded: LoadedModel, registry: Registry, seed: int = 0) -> Partiti
             entry = registry.resolve(domain, node.op_type, opsets.get(domain, 1))
             if entry is None:
                 step.reason = "no inverse rule registered"
-            elif entry.rule.top_only and s_out != y:
+            elif entry.rule.top_only and s_out not in tops:
                 step.reason = f"{node.op_type} inside the graph is solved numerically"
             elif s_out != node.output[0]:
                 step.reason = f"the data continues from its output {s_out!r}, not its first"

@@ -527,8 +527,15 @@ def _make_batch_symbolic(model: onnx.ModelProto, input_name: str) -> None:
 
 
 def _tail(model: onnx.ModelProto, output_name: str) -> tuple[str | None, str | None]:
-    """The Softmax/LogSoftmax producing ``output_name`` over its last axis, if any."""
+    """The Softmax/LogSoftmax producing ``output_name`` over its last axis, if any.
+
+    Identity nodes between it and the output (scikit-learn exports end with one) are looked
+    through.
+    """
     producer = next((n for n in model.graph.node if output_name in n.output), None)
+    while producer is not None and producer.op_type == "Identity":
+        output_name = producer.input[0]
+        producer = next((n for n in model.graph.node if output_name in n.output), None)
     if producer is None or producer.op_type not in ("Softmax", "LogSoftmax"):
         return None, None
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)

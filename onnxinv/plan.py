@@ -116,10 +116,37 @@ class Plan:
         if found is None:
             return None
         ops, top = found
-        if top and block is not self.part.blocks[-1]:
+        whole = block is self.part.blocks[-1]
+        if top and not whole:
             return None
         n = self.sizes[self.part.input]
-        return ChainSolver(ops, top, n, self.bounds, self.settings, self.deadline)
+        tops = {s.rule.op_type for s in top}
+        check = self._top_check(tops) if whole else None
+        chain = ChainSolver(
+            ops, top, n, self.bounds, self.settings, self.deadline, check,
+            0.1 * self.objective.tolerance,  # float32 rounding of the input must not tip it
+        )  # fmt: skip
+        if whole and "Softmax" in tops and self.objective.kind == "distribution":
+            k = self.objective.target.size
+            chain.floor = float(np.log(self.objective.tolerance / (100 * k)))
+        return chain
+
+    def _top_check(self, tops: set[str]):
+        """The user's check as a function of the chain's top values (None: not expressible)."""
+        obj = self.objective
+        target = obj.target.reshape(1, -1).astype(np.float64)
+        if obj.kind == "values":
+            return None if tops else (lambda z: np.abs(z - target).max(1))
+
+        def softmax(z):
+            e = np.exp(z - z.max(1, keepdims=True))
+            return np.abs(e / e.sum(1, keepdims=True) - target).max(1)
+
+        if tops & {"Softmax", "LogSoftmax"} or (not tops and obj.output_space == "logits"):
+            return softmax
+        if not tops and obj.output_space == "probabilities":
+            return lambda z: np.abs(z - target).max(1)
+        return None
 
     def _split_tensor(self, block: Block) -> str | None:
         """Where LM takes over in ``block``, decided from its structure alone (None: nowhere).

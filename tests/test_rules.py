@@ -264,6 +264,7 @@ for _shape in ([5], [2, 3]):
     _tag = "x".join(map(str, _shape))
     case(f"identity-{_tag}", shp.Identity, _shape, _plain("Identity"))
     case(f"dropout-{_tag}", shp.Dropout, _shape, _dropout)
+    case(f"cast-float-{_tag}", shp.Cast, _shape, _plain("Cast", to=onnx.TensorProto.FLOAT))
 case("flatten-2x3", shp.Flatten, [2, 3], _plain("Flatten"))
 case("flatten-axis1-4x1x2", shp.Flatten, [4, 1, 2], _plain("Flatten", axis=1))
 case("flatten-axis-1-2x3", shp.Flatten, [2, 3], _plain("Flatten", axis=-2), min_opset=11)

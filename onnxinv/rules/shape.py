@@ -38,6 +38,20 @@ class Identity(_Reshape):
     versions = (1, 13, 14, 16, 19, 21, 23, 24, 25)
 
 
+class Cast(_Reshape):
+    """Cast between float and double (scikit-learn exports start with one): the identity."""
+
+    op_type = "Cast"
+    versions = (6, 9, 13, 19, 21, 23, 24, 25)
+
+    def __init__(self, ctx: NodeContext):
+        super().__init__(ctx)
+        from onnx import TensorProto
+
+        if ctx.attr("to") not in (TensorProto.FLOAT, TensorProto.DOUBLE):
+            raise RuleNotApplicable("Cast to a type other than float or double is not invertible")
+
+
 class Dropout(_Reshape):
     """Dropout in inference mode: the identity."""
 
@@ -118,4 +132,4 @@ class Transpose(AffineRule):
         return np.eye(self.ctx.input_size)[self.index], np.zeros(self.ctx.input_size)
 
 
-RULES = (Identity, Dropout, Flatten, Reshape, Squeeze, Unsqueeze, Transpose)
+RULES = (Identity, Cast, Dropout, Flatten, Reshape, Squeeze, Unsqueeze, Transpose)

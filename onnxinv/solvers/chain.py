@@ -41,10 +41,22 @@ from ..rules.base import AffineRule, Family, InverseRule
 from ..rules.linalg import DENSE_LIMIT
 
 EXACT = 1e-10  # |r| relative to the top value's scale at which a sample is exact
-MAX_ITER = 40  # Newton iterations per attempt
+MAX_ITER = 100  # Newton iterations per attempt
 BOUNDARY = 0.995  # fraction of the distance to the box boundary a step may take
 SLOPE_STEP = 1e-6  # relative step of the activations' central-difference slopes
-STALL = 8  # iterations over which |r| must at least halve
+STALL = 8  # iterations over which |r| must fall by STALL_FACTOR
+STALL_FACTOR = 0.9
+HALVINGS = 30  # step halvings per iteration
+
+
+def _reshape(rule) -> bool:
+    """Whether an affine rule only rearranges values (its matrix is a permutation)."""
+    if not isinstance(rule, AffineRule) or rule.ctx.input_size != rule.ctx.output_size:
+        return False
+    if rule.ctx.input_size > 4096:
+        return False
+    mc = rule.dense()
+    return mc is not None and not mc[1].any() and ((mc[0] == 0) | (mc[0] == 1)).all()
 
 
 @dataclass
@@ -68,8 +80,13 @@ def chain_of(block) -> tuple[list, list] | None:
     """
     steps = list(block.steps)
     top = []
-    while steps and steps[-1].rule.top_only:
-        top.insert(0, steps.pop())
+    # Top-only rules (Softmax), and the shape-only steps after them (a final Identity).
+    last = max((i for i, s in enumerate(steps) if s.rule.top_only), default=None)
+    if last is not None and all(_reshape(s.rule) for s in steps[last + 1 :]):
+        top = steps[last:]
+        steps = steps[:last]
+        while steps and steps[-1].rule.top_only:
+            top.insert(0, steps.pop())
     if not steps:
         return None
     ops: list = []
@@ -104,9 +121,17 @@ def chain_of(block) -> tuple[list, list] | None:
 class ChainSolver:
     """Joint choice of every free coefficient of a chain (see the module docstring)."""
 
-    def __init__(self, ops: list, top: list, n: int, bounds, settings, deadline=None):
+    def __init__(
+        self, ops: list, top: list, n: int, bounds, settings, deadline=None, check=None, tol=0.0
+    ):
         self.ops, self.top, self.n = ops, top, n
         self.bounds, self.settings, self.deadline = bounds, settings, deadline
+        # check(z) -> per-sample error of top values in the user's check space, and the level
+        # (half the tolerance) at which a sample is accepted before round-off exactness.
+        self.check, self.tol = check, tol
+        # For a Softmax top: log-probabilities below this are raised to it (the distribution
+        # moves by far less than the tolerance, and the path avoids chasing p = 1e-19 exactly).
+        self.floor: float | None = None
         self._particular: np.ndarray | None = None
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -138,6 +163,9 @@ class ChainSolver:
     def top_family(self, fam: Family, rng, std: float) -> Family:
         """The request pulled through the top-only rules (Softmax: ``log p + c·1``)."""
         for step in reversed(self.top):
+            if isinstance(step.rule, AffineRule):
+                fam = step.rule.pullback(fam, self.settings.max_condition)
+                continue
             if fam.free:
                 raise ValueError("a top rule received a family, not a point")
             fam = step.rule.sample_preimage(fam.v0, rng, std)
@@ -148,6 +176,8 @@ class ChainSolver:
         """One input per row of ``fam`` (the request at the chain's top): (x, exact flags)."""
         s = self.settings
         fam = self.top_family(fam, rng, s.std)
+        if self.floor is not None:
+            fam = Family(np.maximum(fam.v0, self.floor), fam.V, fam.residual)
         if self.bounds is None and self._particular is None:
             # The particular solution: Newton from the zero input (minimum-norm steps).
             x0, ok0 = self._attempt(Family(fam.v0[:1], fam.V), np.zeros((1, self.n)))
@@ -190,7 +220,7 @@ class ChainSolver:
         r = (z - fam.v0) @ Q
         scale = 1.0 + np.abs(fam.v0).max(1)  # |r| is measured relative to it (no overflow)
         norm = np.linalg.norm(r / scale[:, None], axis=1)
-        exact = norm <= EXACT
+        exact = self._accepted(norm, z)
         lo, hi = self.bounds if self.bounds is not None else (None, None)
         alive = np.isfinite(norm)
         history = [norm.copy()]
@@ -215,7 +245,7 @@ class ChainSolver:
                     )
                 alpha = np.minimum(1.0, BOUNDARY * room.min(1))
             better = np.zeros(len(idx), dtype=bool)
-            for _half in range(12):  # halve each sample's step until |r| decreases
+            for _half in range(HALVINGS):  # halve each sample's step until |r| decreases
                 trial = xa + alpha[:, None] * dx
                 zt, st = self.forward(trial)
                 rt = (zt - fam.v0[idx]) @ Q
@@ -230,14 +260,23 @@ class ChainSolver:
                 if better.all():
                     break
                 alpha = np.where(better, alpha, alpha / 2)
-            exact |= norm <= EXACT
+            exact |= self._accepted(norm, z)
             alive[idx[~better]] = False  # no step of any length helped: a dead end
             history.append(norm.copy())
             if it >= STALL:
-                # Newton converges fast; halving |r| over STALL steps is a stall (a target
-                # outside what the box reaches, or a dead end): give up, a restart may help.
-                alive &= norm < 0.5 * history[-1 - STALL]
+                # Newton converges fast; |r| barely falling over STALL steps is a stall (a
+                # target outside what the box reaches, or a dead end): give up; a restart may
+                # help.
+                alive &= norm < STALL_FACTOR * history[-1 - STALL]
         return x, exact
+
+    def _accepted(self, norm: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Exact at round-off, or within half the tolerance of the user's check."""
+        ok = norm <= EXACT
+        if self.check is not None:
+            with np.errstate(all="ignore"):
+                ok |= self.check(z) <= self.tol
+        return ok
 
     def _expired(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline

@@ -1,0 +1,112 @@
+"""Proofs that a target is out of reach inside the input box.
+
+For a model whose graph is one chain (dense affine maps and monotone activations below a
+Softmax-like top, see :mod:`onnxinv.solvers.chain`), interval bounds are propagated from the box
+to the input of the last affine map, ``z = M h + c``. Over that box of ``h`` the range of every
+*difference* of two logits ``z_i − z_j = (M_i − M_j) h + c_i − c_j`` is computed exactly (tighter
+than subtracting two intervals), and compared with what the target allows: for a distribution
+within the tolerance ``t`` of ``p``, ``log((p_i − t)/(p_j + t)) ≤ z_i − z_j ≤
+log((p_i + t)/(p_j − t))`` (any Softmax constant); for a values target on the logits, each
+``z_i`` within ``t`` of its value. Disjoint ranges prove that no input in the box gives an output
+within tolerance of the target.
+
+The proof is sound up to floating point: the bounds are widened by ``SLACK`` (relative), far
+more than float64 rounding, and more than the float32 arithmetic onnxruntime uses may move an
+output of these sizes. A target that is not proven unreachable may still be: interval bounds
+lose precision with depth.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .solvers.chain import _Affine, chain_of
+
+SLACK = 1e-5
+MAX_PAIRS_K = 64  # all pairs up to this many classes; above, each class against the largest
+
+
+def certify(problem) -> str | None:
+    """A one-line proof that ``problem``'s target is out of reach in its bounds, or None."""
+    if problem.bounds is None:
+        return None
+    part, obj = problem.partition, problem.objective
+    if len(part.blocks) != 1 or part.blocks[0].kind != "invertible":
+        return None
+    found = chain_of(part.blocks[0])
+    if found is None:
+        return None
+    ops, top = found
+    if not ops or not isinstance(ops[-1], _Affine):
+        return None
+    tops = {s.rule.op_type for s in top}
+    if obj.kind == "distribution" and not (tops <= {"Softmax", "LogSoftmax"}):
+        return None
+    if obj.kind == "distribution" and not tops and obj.output_space != "logits":
+        return None
+    if obj.kind == "values" and top:
+        return None
+    n = problem.n
+    lo, hi = np.full(n, float(problem.bounds[0])), np.full(n, float(problem.bounds[1]))
+    for op in ops[:-1]:
+        if isinstance(op, _Affine):
+            mid, rad = (lo + hi) / 2, (hi - lo) / 2
+            centre, spread = op.M @ mid + op.c, np.abs(op.M) @ rad
+            lo, hi = centre - spread, centre + spread
+        else:
+            bounds = op.rule.forward_interval(lo, hi)
+            if bounds is None:
+                return None
+            lo, hi = (np.asarray(b, dtype=np.float64).ravel() for b in bounds)
+        widen = SLACK * (1 + np.maximum(np.abs(lo), np.abs(hi)))
+        lo, hi = lo - widen, hi + widen
+        if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+            return None
+    last = ops[-1]
+    mid, rad = (lo + hi) / 2, (hi - lo) / 2
+    where = f"the last linear layer (output {part.blocks[0].steps[-1 - len(top)].output!r})"
+    box = f"[{problem.bounds[0]:g}, {problem.bounds[1]:g}]"
+    t = obj.tolerance
+    if obj.kind == "values":
+        centre, spread = last.M @ mid + last.c, np.abs(last.M) @ rad
+        want = obj.target.ravel()
+        gap = np.maximum(centre - spread - (want + t), (want - t) - (centre + spread))
+        gap -= SLACK * (1 + np.abs(centre) + spread)
+        i = int(np.argmax(gap))
+        if gap[i] > 0:
+            return (
+                f"target proven unreachable within the bounds {box}: at {where}, output {i} "
+                f"lies in [{centre[i] - spread[i]:.4g}, {centre[i] + spread[i]:.4g}] for every "
+                f"input in the box, the target needs {want[i]:.4g} (±{t:g})"
+            )
+        return None
+    p = obj.target.ravel().astype(np.float64)
+    k = len(p)
+    pairs = (
+        [(i, j) for i in range(k) for j in range(k) if i != j]
+        if k <= MAX_PAIRS_K
+        else [(i, int(np.argmax(p))) for i in range(k) if i != int(np.argmax(p))]
+    )
+    a = np.array([i for i, _ in pairs])
+    b = np.array([j for _, j in pairs])
+    ok = (p[a] > t) & (p[b] > t)
+    a, b = a[ok], b[ok]
+    if a.size == 0:
+        return None
+    rows = last.M[a] - last.M[b]
+    centre = rows @ mid + last.c[a] - last.c[b]
+    spread = np.abs(rows) @ rad
+    slack = SLACK * (1 + np.abs(centre) + spread)
+    d_lo, d_hi = centre - spread - slack, centre + spread + slack
+    need_lo = np.log((p[a] - t) / (p[b] + t))
+    need_hi = np.log((p[a] + t) / (p[b] - t))
+    gap = np.maximum(d_lo - need_hi, need_lo - d_hi)
+    e = int(np.argmax(gap))
+    if gap[e] <= 0:
+        return None
+    i, j = int(a[e]), int(b[e])
+    return (
+        f"target proven unreachable within the bounds {box}: at {where}, logit {i} minus "
+        f"logit {j} lies in [{d_lo[e]:.4g}, {d_hi[e]:.4g}] for every input in the box, the "
+        f"target needs log(p{i}/p{j}) in [{need_lo[e]:.4g}, {need_hi[e]:.4g}]"
+    )
