@@ -238,26 +238,31 @@ def duplicate_rows(x: np.ndarray, rel: float = 1e-3) -> np.ndarray:
 
     Two samples repeat each other when no value differs by more than ``rel`` times the largest
     magnitude among the samples (at least 1): solvers stop within a tolerance, so two runs to
-    the same preimage rarely agree to the last bit. Candidates are found by sorting a random
-    projection, so well-spread samples cost O(N log N).
+    the same preimage rarely agree to the last bit. Candidates are found on a grid of that
+    cell size over the two most spread coordinates (a repeat lies in the same or a
+    neighbouring cell), so the cost stays about linear in N.
     """
     flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     dup = np.zeros(len(flat), dtype=bool)
     if len(flat) < 2:
         return dup
-    tol = rel * max(1.0, float(np.nanmax(np.abs(flat))) if np.isfinite(flat).any() else 1.0)
-    r = np.random.default_rng(0).standard_normal(flat.shape[1])
-    p = np.nan_to_num(flat @ r)
-    order = np.argsort(p, kind="stable")
-    bound = tol * np.abs(r).sum()
-    close = np.flatnonzero(np.diff(p[order]) <= bound)
-    for a in close:  # only runs of nearby projections are compared exactly
-        b = a + 1
-        while b < len(order) and p[order[b]] - p[order[a]] <= bound:
-            i, j = order[a], order[b]
-            if np.max(np.abs(flat[i] - flat[j])) <= tol:
-                dup[max(i, j)] = True  # the later sample is the repeat
-            b += 1
+    finite = np.isfinite(flat).all(1)
+    tol = rel * max(1.0, float(np.nanmax(np.abs(flat))) if finite.any() else 1.0)
+    spread = np.nan_to_num(np.nanstd(np.where(np.isfinite(flat), flat, np.nan), axis=0))
+    axes = np.argsort(spread)[::-1][:2]
+    cells = np.floor(np.nan_to_num(flat[:, axes]) / tol).astype(np.int64)
+    seen: dict[tuple[int, ...], list[int]] = {}
+    near = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)][: 9 if len(axes) > 1 else 3]
+    for i, cell in enumerate(map(tuple, cells)):
+        for off in near:
+            key = tuple(c + o for c, o in zip(cell, off, strict=False))
+            for j in seen.get(key, ()):
+                if np.max(np.abs(flat[i] - flat[j])) <= tol:
+                    dup[i] = True
+                    break
+            if dup[i]:
+                break
+        seen.setdefault(cell, []).append(i)
     return dup
 
 
