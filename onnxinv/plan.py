@@ -124,11 +124,8 @@ class Plan:
         check = self._top_check(tops) if whole else None
         chain = ChainSolver(
             ops, top, n, self.bounds, self.settings, self.deadline, check,
-            0.1 * self.objective.tolerance,  # float32 rounding of the input must not tip it
+            0.5 * self.objective.tolerance,  # float32 rounding of the input must not tip it
         )  # fmt: skip
-        if whole and "Softmax" in tops and self.objective.kind == "distribution":
-            k = self.objective.target.size
-            chain.floor = float(np.log(self.objective.tolerance / (100 * k)))
         return chain
 
     def _top_check(self, tops: set[str]):

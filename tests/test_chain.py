@@ -45,12 +45,12 @@ def digits(size: int) -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(len(x), -1).astype(np.float32), y
 
 
-def trained(layers: list[nn.Module], size: int = 8, seed: int = 0, epochs: int = 150) -> bytes:
-    """``layers`` + Softmax trained on the first 300 digits, exported (TorchScript) as bytes."""
-    torch.manual_seed(seed)
+def trained(layers, size: int = 8, seed: int = 0, epochs: int = 150) -> bytes:
+    """``layers()`` + Softmax trained on the first 300 digits, exported (TorchScript) as bytes."""
+    torch.manual_seed(seed)  # before the layers are made: the same weights on every run
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same weights on every run (reductions in one order)
-    net = nn.Sequential(*layers)
+    torch.set_num_threads(1)  # and reductions in one order
+    net = nn.Sequential(*layers())
     x, y = digits(size)
     xt, yt = torch.from_numpy(x[:300]), torch.from_numpy(y[:300])
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
@@ -92,22 +92,24 @@ def selu(widths: list[int]) -> list[nn.Module]:
 
 MODELS = {
     "leakyrelu-3": lambda: trained(
-        [
+        lambda: [
             nn.Linear(64, 48),
             nn.LeakyReLU(0.1),
             nn.Linear(48, 32),
             nn.LeakyReLU(0.1),
             nn.Linear(32, 10),
         ]
-    ),  # fmt: skip
+    ),
     "tanh-sigmoid": lambda: trained(
-        [nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 24), nn.Sigmoid(), nn.Linear(24, 10)]
-    ),  # fmt: skip
+        lambda: [nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 24), nn.Sigmoid(), nn.Linear(24, 10)]
+    ),
     "sklearn-tanh": lambda: sklearn_mlp("tanh"),
     "sklearn-logistic": lambda: sklearn_mlp("logistic"),
-    "selu-1-28x28": lambda: trained(selu([784, 10]), size=28, epochs=60),
-    "selu-2-28x28": lambda: trained(selu([784, 256, 10]), size=28, epochs=60),
-    "selu-6-28x28": lambda: trained(selu([784, 256, 128, 64, 64, 32, 10]), size=28, epochs=60),
+    "selu-1-28x28": lambda: trained(lambda: selu([784, 10]), size=28, epochs=60),
+    "selu-2-28x28": lambda: trained(lambda: selu([784, 256, 10]), size=28, epochs=60),
+    "selu-6-28x28": lambda: trained(
+        lambda: selu([784, 256, 128, 64, 64, 32, 10]), size=28, epochs=60
+    ),
 }
 
 
@@ -135,25 +137,26 @@ def ort_errors_free_output(m: bytes, x: np.ndarray) -> np.ndarray:
     return p / p.sum()
 
 
-# Not met yet (issue 11 stays open): on these two the share verified varies between runs with
-# the trained weights' last bits: 81-100% (LeakyReLU, samples accepted at the edge of the
-# tolerance) and 0-74% (6-layer SELU trained to saturation: Newton from uniform anchors stalls).
-SHORT = {"leakyrelu-3", "selu-6-28x28"}
+# Three held-out digits per model. One pair misses 99%: on the 6-layer SELU net trained to
+# saturation, digit 320's output (0.55/0.33/0.08) is reached by about 20% of samples from
+# uniform anchors (the forward pass: 4%; auto: 21%).
+HARD = {("selu-6-28x28", 320)}
 
 
 @pytest.mark.parametrize(
-    "name",
+    "name, index",
     [
-        pytest.param(n, marks=pytest.mark.xfail(reason="below 99% in some runs, see SHORT"))
-        if n in SHORT
-        else n
+        pytest.param(n, i, marks=pytest.mark.xfail(strict=True, reason="see HARD"))
+        if (n, i) in HARD
+        else (n, i)
         for n in MODELS
+        for i in (310, 320, 330)
     ],
 )
-def test_backward_verifies_every_sample_on_invertible_chains(name):
+def test_backward_verifies_every_sample_on_invertible_chains(name, index):
     m = model(name)
     size = 28 if "28x28" in name else 8
-    p = real_target(m, size)
+    p = real_target(m, size, index)
     result = invert(m, {"distribution": p.tolist()}, method="backward", samples=SAMPLES,
                     bounds=(0, 1), seed=1, output=output_of(m))  # fmt: skip
     assert set(result.methods) == {"backward"}  # no LM anywhere

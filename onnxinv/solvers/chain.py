@@ -42,11 +42,12 @@ from ..rules.linalg import DENSE_LIMIT
 
 EXACT = 1e-10  # |r| relative to the top value's scale at which a sample is exact
 MAX_ITER = 100  # Newton iterations per attempt
-BOUNDARY = 0.995  # fraction of the distance to the box boundary a step may take
+LAMBDA_MIN = 1e-10  # smallest Levenberg damping (relative to J W Jᵀ's mean diagonal)
+BOUNDARY = 0.995  # with affine scaling, the fraction of the way to the box a step may go
+TRIES = 40  # damping increases (×4) per iteration before a sample counts as stuck
 SLOPE_STEP = 1e-6  # relative step of the activations' central-difference slopes
 STALL = 8  # iterations over which |r| must fall by STALL_FACTOR
 STALL_FACTOR = 0.9
-HALVINGS = 30  # step halvings per iteration
 
 
 def _reshape(rule) -> bool:
@@ -129,9 +130,7 @@ class ChainSolver:
         # check(z) -> per-sample error of top values in the user's check space, and the level
         # (half the tolerance) at which a sample is accepted before round-off exactness.
         self.check, self.tol = check, tol
-        # For a Softmax top: log-probabilities below this are raised to it (the distribution
-        # moves by far less than the tolerance, and the path avoids chasing p = 1e-19 exactly).
-        self.floor: float | None = None
+
         self._particular: np.ndarray | None = None
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -176,8 +175,6 @@ class ChainSolver:
         """One input per row of ``fam`` (the request at the chain's top): (x, exact flags)."""
         s = self.settings
         fam = self.top_family(fam, rng, s.std)
-        if self.floor is not None:
-            fam = Family(np.maximum(fam.v0, self.floor), fam.V, fam.residual)
         if self.bounds is None and self._particular is None:
             # The particular solution: Newton from the zero input (minimum-norm steps).
             x0, ok0 = self._attempt(Family(fam.v0[:1], fam.V), np.zeros((1, self.n)))
@@ -187,11 +184,12 @@ class ChainSolver:
         x = np.empty((b, self.n))
         done = np.zeros(b, dtype=bool)
         first = True
-        for _ in range(1 + s.restarts):
+        for attempt in range(1 + s.restarts):
             todo = np.flatnonzero(~done)
             if todo.size == 0 or self._expired():
                 break
-            xt, ok = self._attempt(Family(fam.v0[todo], fam.V), self._anchors(len(todo), rng))
+            anchors = self._anchors(len(todo), rng)
+            xt, ok = self._attempt(Family(fam.v0[todo], fam.V), anchors, attempt % 2 == 0)
             keep = ok | first
             x[todo[keep]] = xt[keep]
             done[todo] |= ok
@@ -210,8 +208,14 @@ class ChainSolver:
         size = top * float(np.linalg.norm(p / top)) if top > 0 else 0.0  # no overflow
         return p + self.settings.std * max(size, 1e-12) * g
 
-    def _attempt(self, fam: Family, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Interior Newton from ``x`` towards the family; (x, exact flags)."""
+    def _attempt(
+        self, fam: Family, x: np.ndarray, scaled: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Newton from ``x`` towards the family; (x, exact flags).
+
+        ``scaled``: box handled by affine scaling instead of an active set (restarts alternate
+        between the two: each rescues samples the other leaves stuck).
+        """
         m = fam.v0.shape[1]
         V = fam.V
         Q = _complement(V, m)  # (m, q): the equations the family fixes
@@ -224,42 +228,57 @@ class ChainSolver:
         lo, hi = self.bounds if self.bounds is not None else (None, None)
         alive = np.isfinite(norm)
         history = [norm.copy()]
+        lam = np.full(len(x), LAMBDA_MIN)  # Levenberg damping, per sample, relative
         for it in range(MAX_ITER):
             idx = np.flatnonzero(~exact & alive)
             if idx.size == 0 or self._expired():
                 break
             xa = x[idx]
             J = self.jacobian([s_[idx] for s_ in slopes], Q.T)  # (k, q, n)
-            w = np.ones_like(xa) if lo is None else np.minimum(xa - lo, hi - xa) ** 2
+            w = np.ones_like(xa)
+            if lo is not None and scaled:
+                # Affine scaling: a coordinate close to a bound moves little.
+                w = np.minimum(xa - lo, hi - xa) ** 2
+            elif lo is not None:
+                # Active set: a coordinate on a bound that the descent direction pushes
+                # outwards is frozen; the others move, and the trial point is projected.
+                g = (J.transpose(0, 2, 1) @ r[idx][:, :, None])[:, :, 0]
+                w[((xa <= lo) & (g > 0)) | ((xa >= hi) & (g < 0))] = 0.0
             Jw = J * w[:, None, :]
             A = Jw @ J.transpose(0, 2, 1)
-            mu = 1e-14 * np.trace(A, axis1=1, axis2=2)[:, None, None] + 1e-300
-            A = A + mu * np.eye(Q.shape[1])
-            y = np.linalg.solve(A, -r[idx][:, :, None])
-            dx = (Jw.transpose(0, 2, 1) @ y)[:, :, 0]
-            alpha = np.ones(len(idx))
-            if lo is not None:
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    room = np.where(
-                        dx < 0, (xa - lo) / -dx, np.where(dx > 0, (hi - xa) / dx, np.inf)
-                    )
-                alpha = np.minimum(1.0, BOUNDARY * room.min(1))
+            diag = np.trace(A, axis1=1, axis2=2) / Q.shape[1] + 1e-300
+            eye = np.eye(Q.shape[1])
             better = np.zeros(len(idx), dtype=bool)
-            for _half in range(HALVINGS):  # halve each sample's step until |r| decreases
-                trial = xa + alpha[:, None] * dx
+            todo = np.arange(len(idx))
+            for _try in range(TRIES):  # raise each sample's damping until |r| decreases
+                k = idx[todo]
+                damped = A[todo] + (lam[k] * diag[todo])[:, None, None] * eye
+                y = np.linalg.solve(damped, -r[k][:, :, None])
+                dx = (Jw[todo].transpose(0, 2, 1) @ y)[:, :, 0]
+                if lo is not None and scaled:
+                    # Fraction to the boundary: the point stays strictly inside the box.
+                    xt_ = xa[todo]
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        room = np.where(dx < 0, (xt_ - lo) / -dx,
+                                        np.where(dx > 0, (hi - xt_) / dx, np.inf))  # fmt: skip
+                    dx = dx * np.minimum(1.0, BOUNDARY * room.min(1))[:, None]
+                trial = xa[todo] + dx
+                if lo is not None:
+                    trial = np.clip(trial, lo, hi)
                 zt, st = self.forward(trial)
-                rt = (zt - fam.v0[idx]) @ Q
-                nt = np.linalg.norm(rt / scale[idx, None], axis=1)
-                now = ~better & (nt < norm[idx])
-                if now.any():
-                    rows = idx[now]
-                    x[rows], z[rows], r[rows], norm[rows] = trial[now], zt[now], rt[now], nt[now]
-                    for level, s_ in enumerate(st):
-                        slopes[level][rows] = s_[now]
-                    better |= now
-                if better.all():
+                rt = (zt - fam.v0[k]) @ Q
+                nt = np.linalg.norm(rt / scale[k, None], axis=1)
+                now = nt < norm[k]
+                rows = k[now]
+                x[rows], z[rows], r[rows], norm[rows] = trial[now], zt[now], rt[now], nt[now]
+                for level, s_ in enumerate(st):
+                    slopes[level][rows] = s_[now]
+                lam[rows] = np.maximum(lam[rows] / 3, LAMBDA_MIN)
+                lam[k[~now]] *= 4
+                better[todo[now]] = True
+                todo = todo[~now]
+                if todo.size == 0:
                     break
-                alpha = np.where(better, alpha, alpha / 2)
             exact |= self._accepted(norm, z)
             alive[idx[~better]] = False  # no step of any length helped: a dead end
             history.append(norm.copy())
@@ -268,15 +287,22 @@ class ChainSolver:
                 # target outside what the box reaches, or a dead end): give up; a restart may
                 # help.
                 alive &= norm < STALL_FACTOR * history[-1 - STALL]
-        return x, exact
+        return x, exact | self._close_enough(z)
 
     def _accepted(self, norm: np.ndarray, z: np.ndarray) -> np.ndarray:
-        """Exact at round-off, or within half the tolerance of the user's check."""
+        """Exact at round-off (and, where the user's check is known, inside its tolerance)."""
         ok = norm <= EXACT
         if self.check is not None:
             with np.errstate(all="ignore"):
-                ok |= self.check(z) <= self.tol
+                ok &= self.check(z) <= 2 * self.tol
         return ok
+
+    def _close_enough(self, z: np.ndarray) -> np.ndarray:
+        """Within half the check's tolerance: accepted when no step gets closer to exact."""
+        if self.check is None:
+            return np.zeros(len(z), dtype=bool)
+        with np.errstate(all="ignore"):
+            return self.check(z) <= self.tol
 
     def _expired(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
