@@ -79,6 +79,22 @@ class InversionResult:
             return [f"{c}: {self.probabilities[i, c]:.3f}" for i, c in enumerate(top)]
         return [f"err {e:.1e}" for e in self.errors]
 
+    def spread(self) -> dict[str, Any]:
+        """The verified inputs' value range and mean pairwise (Euclidean) distance.
+
+        The distance is over at most 256 samples (the first ones), so it stays cheap.
+        """
+        x = np.asarray(self.inputs[self.verified], dtype=np.float64)
+        if len(x) == 0:
+            return {"input_range": None, "mean_pairwise_distance": None}
+        x = x.reshape(len(x), -1)
+        y = x[:256]
+        sq = (y * y).sum(1)
+        d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * y @ y.T, 0.0)
+        iu = np.triu_indices(len(y), 1)
+        mean = float(np.sqrt(d2[iu]).mean()) if len(y) > 1 else None
+        return {"input_range": [float(x.min()), float(x.max())], "mean_pairwise_distance": mean}
+
     def report(self) -> dict[str, Any]:
         """Everything in report.json."""
         per_sample = []
@@ -105,6 +121,7 @@ class InversionResult:
                 "verified_fraction": self.n_verified / len(self) if len(self) else 0.0,
                 "max_error": float(np.max(self.errors)) if len(self) else None,
                 "mean_iterations": float(np.mean(self.iterations)) if len(self) else None,
+                **self.spread(),
             },
             "timings": {k: round(v, 6) for k, v in self.timings.items()},
             "notes": self.notes,

@@ -178,6 +178,10 @@ def test_unbounded_samples_spread_with_std():
         r = invert(m, {"distribution": p.tolist()}, method="backward", samples=32, std=std)
         assert r.all_verified and set(r.methods) == {"backward"}
         x = r.inputs.reshape(32, -1).astype(np.float64)
+        totals = r.report()["totals"]  # the report states the range and the spread
+        assert totals["input_range"] == [x.min(), x.max()]
+        d = np.linalg.norm(x[:, None] - x[None], axis=-1)[np.triu_indices(32, 1)]
+        assert totals["mean_pairwise_distance"] == pytest.approx(d.mean(), rel=1e-6)
         centre = x.mean(0)
         spreads.append(np.linalg.norm(x - centre, axis=1).mean() / np.linalg.norm(centre))
     assert spreads[1] > 2 * spreads[0]  # the spread follows --std...
