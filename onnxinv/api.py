@@ -251,18 +251,36 @@ def duplicate_rows(x: np.ndarray, rel: float = 1e-3) -> np.ndarray:
     spread = np.nan_to_num(np.nanstd(np.where(np.isfinite(flat), flat, np.nan), axis=0))
     axes = np.argsort(spread)[::-1][:2]
     cells = np.floor(np.nan_to_num(flat[:, axes]) / tol).astype(np.int64)
-    seen: dict[tuple[int, ...], list[int]] = {}
-    near = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)][: 9 if len(axes) > 1 else 3]
-    for i, cell in enumerate(map(tuple, cells)):
+    if cells.shape[1] == 1:
+        cells = np.concatenate([cells, np.zeros_like(cells)], axis=1)
+    # Only samples with another sample in their cell or a neighbouring one can repeat: find
+    # them with sorted integer keys (vectorised), then compare just those.
+    span = int(cells[:, 1].max() - cells[:, 1].min()) + 3
+    base = cells[:, 1].min() - 1
+    keys = cells[:, 0] * span + (cells[:, 1] - base)
+    order = np.sort(keys)
+    counts = np.searchsorted(order, keys, "right") - np.searchsorted(order, keys, "left")
+    candidate = counts > 1
+    for da in (-1, 0, 1):
+        for db in (-1, 0, 1):
+            if da or db:
+                shifted = keys + da * span + db
+                pos = np.searchsorted(order, shifted)
+                candidate |= (pos < len(order)) & (
+                    order[np.minimum(pos, len(order) - 1)] == shifted
+                )
+    seen: dict[tuple[int, int], list[int]] = {}
+    near = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)]
+    for i in np.flatnonzero(candidate):
+        cell = (int(cells[i, 0]), int(cells[i, 1]))
         for off in near:
-            key = tuple(c + o for c, o in zip(cell, off, strict=False))
-            for j in seen.get(key, ()):
+            for j in seen.get((cell[0] + off[0], cell[1] + off[1]), ()):
                 if np.max(np.abs(flat[i] - flat[j])) <= tol:
                     dup[i] = True
                     break
             if dup[i]:
                 break
-        seen.setdefault(cell, []).append(i)
+        seen.setdefault(cell, []).append(int(i))
     return dup
 
 

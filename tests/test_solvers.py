@@ -313,3 +313,18 @@ def test_top_only_is_asked_of_the_rule(registry):
     plan = "\n".join(result.model["plan"])
     assert "Softmax inside the graph is solved numerically" in plan
     assert_solved(model, result, np.array(p), "probabilities", n=4)
+
+
+def test_duplicate_rows_finds_repeats_within_the_tolerance_only():
+    from onnxinv.api import duplicate_rows
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (5000, 16))
+    x[5] = x[3] + 1e-5  # a repeat (within 1e-3)
+    x[4000] = x[17]  # an exact one
+    x[100] = x[50]
+    x[100, 0] += 2e-3  # close, but not a repeat
+    assert np.flatnonzero(duplicate_rows(x)).tolist() == [5, 4000]
+    blocks = np.repeat(rng.normal(size=(3, 4)), 4, axis=0)
+    assert duplicate_rows(blocks).tolist() == [False, True, True, True] * 3
+    assert duplicate_rows(np.array([[1.0], [1.0005], [2.0]])).tolist() == [False, True, False]
