@@ -41,12 +41,12 @@ from ..rules.base import AffineRule, Family, InverseRule
 from ..rules.linalg import DENSE_LIMIT
 
 EXACT = 1e-10  # |r| relative to the top value's scale at which a sample is exact
-MAX_ITER = 100  # Newton iterations per attempt
+MAX_ITER = 60  # Newton iterations per attempt
 LAMBDA_MIN = 1e-10  # smallest Levenberg damping (relative to J W Jᵀ's mean diagonal)
 BOUNDARY = 0.995  # with affine scaling, the fraction of the way to the box a step may go
 TRIES = 40  # damping increases (×4) per iteration before a sample counts as stuck
 SLOPE_STEP = 1e-6  # relative step of the activations' central-difference slopes
-STALL = 8  # iterations over which |r| must fall by STALL_FACTOR
+STALL = 30  # iterations over which |r| must fall by STALL_FACTOR
 STALL_FACTOR = 0.9
 
 
