@@ -44,7 +44,7 @@ EXACT = 1e-10  # |r| relative to the top value's scale at which a sample is exac
 MAX_ITER = 60  # Newton iterations per attempt
 LAMBDA_MIN = 1e-10  # smallest Levenberg damping (relative to J W Jᵀ's mean diagonal)
 BOUNDARY = 0.995  # with affine scaling, the fraction of the way to the box a step may go
-TRIES = 40  # damping increases (×4) per iteration before a sample counts as stuck
+TRIES = 14  # damping increases (×10) per iteration before a sample counts as stuck
 SLOPE_STEP = 1e-6  # relative step of the activations' central-difference slopes
 STALL = 30  # iterations over which |r| must fall by STALL_FACTOR
 STALL_FACTOR = 0.9
@@ -186,8 +186,8 @@ class ChainSolver:
         first = True
         for attempt in range(1 + s.restarts):
             todo = np.flatnonzero(~done)
-            if todo.size == 0 or self._expired():
-                break
+            if todo.size == 0 or self._expired() or (attempt >= 2 and not done.any()):
+                break  # (after both box strategies reached nothing, more anchors will not)
             anchors = self._anchors(len(todo), rng)
             xt, ok = self._attempt(Family(fam.v0[todo], fam.V), anchors, attempt % 2 == 0)
             keep = ok | first
@@ -274,7 +274,7 @@ class ChainSolver:
                 for level, s_ in enumerate(st):
                     slopes[level][rows] = s_[now]
                 lam[rows] = np.maximum(lam[rows] / 3, LAMBDA_MIN)
-                lam[k[~now]] *= 4
+                lam[k[~now]] *= 10
                 better[todo[now]] = True
                 todo = todo[~now]
                 if todo.size == 0:
