@@ -277,3 +277,31 @@ def test_cli_says_proven_unreachable_in_one_line(tmp_path):
     assert res.exit_code == 1
     assert "proven unreachable within the bounds [0, 0.5]" in res.stderr
     assert res.stderr.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("box", [(0.0, 0.25), (0.0, 0.5)])
+def test_every_class_target_is_solved_or_proven_unreachable_on_a_linear_net(box):
+    """digits_1layer (Gemm + Softmax), each class at 0.5/0.9/0.99: the certificate's joint LP
+    is exact there, so each target is proven unreachable (and then no solver verifies a sample)
+    or the backward pass verifies every sample."""
+    from onnxinv.solvers.backward import BackwardSolver
+    from onnxinv.solvers.forward import ForwardSolver
+
+    loaded = load(str(Path(__file__).resolve().parents[1] / "models" / "digits_1layer.onnx"))
+    proven = 0
+    for c in range(10):
+        for conf in (0.5, 0.9, 0.99):
+            obj = build(loaded, Target.from_dict({"class": c, "confidence": conf}))
+            s = Settings(bounds=box, restarts=1)
+            prob = ModelProblem(s, loaded, obj, deadline=None, max_memory=None)
+            if certify(prob) is not None:
+                proven += 1
+                solvers = (BackwardSolver(prob), ForwardSolver(prob))  # neither may verify
+            else:
+                solvers = (BackwardSolver(prob),)  # must verify every sample
+            for solver in solvers:
+                solver.prepare()
+                out = solver.solve(16, np.random.default_rng(c))
+                verified = int(prob.verify(out.x).verified.sum())
+                assert verified == (0 if len(solvers) == 2 else 16), (c, conf, solver.name)
+    assert proven >= (12 if box[1] < 0.3 else 1)
