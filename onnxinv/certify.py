@@ -26,7 +26,7 @@ SLACK = 1e-5
 MAX_PAIRS_K = 64  # all pairs up to this many classes; above, each class against the largest
 
 
-GRID = 257  # points per neuron at which a relaxation is checked
+GRID = 65  # points per neuron at which a relaxation is checked
 
 
 def _relax(rule, lo: np.ndarray, hi: np.ndarray):
