@@ -44,6 +44,7 @@ EXACT = 1e-10  # |r| relative to the top value's scale at which a sample is exac
 MAX_ITER = 60  # Newton iterations per attempt
 LAMBDA_MIN = 1e-10  # smallest Levenberg damping (relative to J W Jᵀ's mean diagonal)
 BOUNDARY = 0.995  # with affine scaling, the fraction of the way to the box a step may go
+LAMBDA_MAX = 1e10  # largest damping: the step is then a tiny gradient step
 TRIES = 14  # damping increases (×10) per iteration before a sample counts as stuck
 SLOPE_STEP = 1e-6  # relative step of the activations' central-difference slopes
 STALL = 30  # iterations over which |r| must fall by STALL_FACTOR
@@ -249,8 +250,8 @@ class ChainSolver:
             diag = np.trace(A, axis1=1, axis2=2) / Q.shape[1] + 1e-300
             eye = np.eye(Q.shape[1])
             better = np.zeros(len(idx), dtype=bool)
-            todo = np.arange(len(idx))
-            for _try in range(TRIES):  # raise each sample's damping until |r| decreases
+            todo = np.flatnonzero(diag > 1e-200)  # no coordinate free to move: stuck
+            for _try in range(TRIES if todo.size else 0):  # raise each sample's damping until |r| decreases
                 k = idx[todo]
                 damped = A[todo] + (lam[k] * diag[todo])[:, None, None] * eye
                 y = np.linalg.solve(damped, -r[k][:, :, None])
@@ -274,7 +275,7 @@ class ChainSolver:
                 for level, s_ in enumerate(st):
                     slopes[level][rows] = s_[now]
                 lam[rows] = np.maximum(lam[rows] / 3, LAMBDA_MIN)
-                lam[k[~now]] *= 10
+                lam[k[~now]] = np.minimum(lam[k[~now]] * 10, LAMBDA_MAX)
                 better[todo[now]] = True
                 todo = todo[~now]
                 if todo.size == 0:
