@@ -251,7 +251,9 @@ class ChainSolver:
             eye = np.eye(Q.shape[1])
             better = np.zeros(len(idx), dtype=bool)
             todo = np.flatnonzero(diag > 1e-200)  # no coordinate free to move: stuck
-            for _try in range(TRIES if todo.size else 0):  # raise each sample's damping until |r| decreases
+            for _try in range(
+                TRIES if todo.size else 0
+            ):  # raise each sample's damping until |r| decreases
                 k = idx[todo]
                 damped = A[todo] + (lam[k] * diag[todo])[:, None, None] * eye
                 y = np.linalg.solve(damped, -r[k][:, :, None])
