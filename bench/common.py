@@ -202,7 +202,8 @@ def judged(
 def run_onnxinv(case: Case, method: str, **options: Any) -> Record:
     """``onnxinv.invert(..., case.settings, method=method, **options)``, then :func:`check`.
 
-    An :class:`UnreachableTargetError` carrying a result is a run with nothing verified. The
+    An :class:`UnreachableTargetError` carrying a result is a run with nothing verified; a
+    proven one (``exc.proven``) is a record with no samples verified and the proof kept. The
     library's own verified count is kept in ``extra["library_verified"]``; a disagreement with
     the check is flagged in ``extra["check_disagrees"]`` and printed.
     """
@@ -212,6 +213,9 @@ def run_onnxinv(case: Case, method: str, **options: Any) -> Record:
             str(case.model_path), case.target, case.settings, method=method, **options
         )
     except UnreachableTargetError as exc:
+        if exc.proven:  # proven out of reach before solving: no samples, counted as such
+            return Record(method, case.samples, 0, time.perf_counter() - t0, math.nan,
+                          math.nan, math.nan, extra={"proven_unreachable": str(exc)})  # fmt: skip
         if exc.result is None:
             raise
         res = exc.result
