@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .solvers.chain import _Affine, chain_of
+from .solvers.chain import _Affine
 
 SLACK = 1e-5
 MAX_PAIRS_K = 64  # all pairs up to this many classes; above, each class against the largest
@@ -103,10 +103,8 @@ def certify(problem) -> str | None:
     if problem.bounds is None:
         return None
     part, obj = problem.partition, problem.objective
-    if len(part.blocks) != 1 or part.blocks[0].kind != "invertible":
-        return None
-    found = chain_of(part.blocks[0])
-    if found is None:
+    found = problem.chain
+    if len(part.blocks) != 1 or found is None:
         return None
     ops, top = found
     if not ops or not isinstance(ops[-1], _Affine):

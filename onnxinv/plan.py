@@ -22,7 +22,7 @@ from . import _ort
 from .errors import MemoryBudgetError
 from .graph import Block
 from .model import _extract
-from .objective import Objective
+from .objective import Objective, _softmax
 from .rules.base import Family, OutsideDomain
 from .rules.linalg import DENSE_LIMIT
 from .solvers.base import ModelProblem, Problem, Starts
@@ -104,29 +104,26 @@ class Plan:
         self.jacobian_sources: set[str] = set()
         self._bottom = self._bottom_map(first) if bounds is not None and first else None
         self._splits = {id(b): self._split_tensor(b) for b in part.blocks if b.kind == "invertible"}
-        self._chain = self._chain_solver(first)
+        self._chain = self._chain_solver()
 
-    def _chain_solver(self, block: Block | None):
+    def _chain_solver(self):
         """The joint, batched backward pass for the first block, where it applies."""
-        from .solvers.chain import ChainSolver, chain_of
+        from .solvers.chain import ChainSolver
 
-        if block is None or block.kind != "invertible":
-            return None
-        found = chain_of(block)
+        found = self.problem.chain
         if found is None:
             return None
         ops, top = found
-        whole = block is self.part.blocks[-1]
+        whole = len(self.part.blocks) == 1
         if top and not whole:
             return None
         n = self.sizes[self.part.input]
         tops = {s.rule.op_type for s in top}
         check = self._top_check(tops) if whole else None
-        chain = ChainSolver(
+        return ChainSolver(
             ops, top, n, self.bounds, self.settings, self.deadline, check,
-            0.5 * self.objective.tolerance,  # float32 rounding of the input must not tip it
+            0.5 * self.objective.tolerance,
         )  # fmt: skip
-        return chain
 
     def _top_check(self, tops: set[str]):
         """The user's check as a function of the chain's top values (None: not expressible)."""
@@ -135,12 +132,8 @@ class Plan:
         if obj.kind == "values":
             return None if tops else (lambda z: np.abs(z - target).max(1))
 
-        def softmax(z):
-            e = np.exp(z - z.max(1, keepdims=True))
-            return np.abs(e / e.sum(1, keepdims=True) - target).max(1)
-
         if tops & {"Softmax", "LogSoftmax"} or (not tops and obj.output_space == "logits"):
-            return softmax
+            return lambda z: np.abs(_softmax(z) - target).max(1)
         if not tops and obj.output_space == "probabilities":
             return lambda z: np.abs(z - target).max(1)
         return None

@@ -121,7 +121,7 @@ def model(name: str) -> bytes:
 def real_target(m: bytes, size: int, index: int = 310) -> np.ndarray:
     """The model's probabilities on a held-out digit (not among the 300 it was trained on)."""
     x, _ = digits(size)
-    return ort_errors_free_output(m, x[index : index + 1])
+    return probabilities_of(m, x[index : index + 1])
 
 
 def output_of(m: bytes) -> str:
@@ -130,7 +130,7 @@ def output_of(m: bytes) -> str:
     return "probabilities" if "probabilities" in names else names[0]
 
 
-def ort_errors_free_output(m: bytes, x: np.ndarray) -> np.ndarray:
+def probabilities_of(m: bytes, x: np.ndarray) -> np.ndarray:
     from helpers import ort_outputs
 
     p = ort_outputs(m, x, output_of(m))[0].astype(np.float64)
@@ -219,11 +219,11 @@ def corner(m: bytes, bounds, i: int = 0, j: int = 1) -> np.ndarray:
 @pytest.mark.parametrize("seed", range(6))
 def test_a_target_reachable_at_the_edge_of_the_box_is_never_called_unreachable(seed):
     m, bounds = linear_softmax(seed), (0.0, 0.5)
-    p = ort_errors_free_output(m, corner(m, bounds))
+    p = probabilities_of(m, corner(m, bounds))
     assert certify(problem(m, p, bounds)) is None
     rng = np.random.default_rng(seed)
     for x in rng.uniform(*bounds, (20, 1, 6)).astype(np.float32):
-        assert certify(problem(m, ort_errors_free_output(m, x), bounds)) is None
+        assert certify(problem(m, probabilities_of(m, x), bounds)) is None
 
 
 @pytest.mark.parametrize("name", ["tanh-sigmoid", "leakyrelu-3", "selu-2-28x28"])
@@ -232,14 +232,13 @@ def test_real_outputs_of_deep_chains_are_never_called_unreachable(name):
     size = 28 if "28x28" in name else 8
     x, _ = digits(size)
     for i in range(300, 330):
-        p = ort_errors_free_output(m, x[i : i + 1])
+        p = probabilities_of(m, x[i : i + 1])
         assert certify(problem(m, p, (0.0, 1.0))) is None, i
 
 
 def test_a_target_beyond_the_box_is_proven_unreachable_and_is():
     m, bounds = linear_softmax(3), (0.0, 0.5)
-    loaded = load(m)
-    edge = ort_errors_free_output(m, corner(m, bounds))
+    edge = probabilities_of(m, corner(m, bounds))
     z = np.log(edge)
     z[0] += 1.0  # one more unit of logit 0 over logit 1 than the box's corner gives
     p = np.exp(z) / np.exp(z).sum()
@@ -250,7 +249,6 @@ def test_a_target_beyond_the_box_is_proven_unreachable_and_is():
     rng = np.random.default_rng(0)
     xs = rng.uniform(*bounds, (20000, 6)).astype(np.float32)
     assert ort_errors(m, xs, p, "probabilities").min() > 1e-4
-    del loaded
     with pytest.raises(UnreachableTargetError) as info:
         invert(m, {"distribution": p.tolist()}, bounds=bounds, samples=4)
     assert info.value.proven and "proven unreachable within the bounds" in str(info.value)
@@ -267,7 +265,7 @@ def test_cli_says_proven_unreachable_in_one_line(tmp_path):
     import json
 
     m, bounds = linear_softmax(3), (0.0, 0.5)
-    z = np.log(ort_errors_free_output(m, corner(m, bounds)))
+    z = np.log(probabilities_of(m, corner(m, bounds)))
     z[0] += 1.0
     p = np.exp(z) / np.exp(z).sum()
     (tmp_path / "m.onnx").write_bytes(m)

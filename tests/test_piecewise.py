@@ -116,6 +116,16 @@ CONFIGS = [
 BATCHES = ["N", 2]  # symbolic batch, or a fixed batch of 2 (one sample of two rows)
 
 
+def checked(graph: onnx.GraphProto) -> onnx.ModelProto:
+    """``graph`` as a model at ``OPSET``, shape-inferred and passing the full checker."""
+    imports = [helper.make_opsetid("", OPSET)]
+    model = helper.make_model(graph, opset_imports=imports)
+    model.ir_version = helper.find_min_ir_version_for(imports)
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def one_node(op: str, attrs: dict, shape: tuple[int, ...], batch) -> onnx.ModelProto:
     node = helper.make_node(op, ["x"], ["y"], **attrs)
     graph = helper.make_graph(
@@ -124,12 +134,7 @@ def one_node(op: str, attrs: dict, shape: tuple[int, ...], batch) -> onnx.ModelP
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, *shape])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
     )
-    imports = [helper.make_opsetid("", OPSET)]
-    model = helper.make_model(graph, opset_imports=imports)
-    model.ir_version = helper.find_min_ir_version_for(imports)
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return checked(graph)
 
 
 def feed_shape(sess: ort.InferenceSession) -> list[int]:
@@ -268,12 +273,7 @@ def extremum_model(op: str, n_const: int, c_shape: tuple[int, ...], batch, rng) 
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         initializer=inits,
     )
-    imports = [helper.make_opsetid("", OPSET)]
-    model = helper.make_model(graph, opset_imports=imports)
-    model.ir_version = helper.find_min_ir_version_for(imports)
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return checked(graph)
 
 
 @pytest.mark.parametrize("batch", BATCHES, ids=["batchN", "batch2"])

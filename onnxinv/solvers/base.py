@@ -164,15 +164,23 @@ class ModelProblem(Problem):
         self.plan_info = [line.strip() for line in describe(part, self.settings.max_condition)]
         return part
 
+    @cached_property
+    def chain(self) -> tuple[list, list] | None:
+        """The first block as a chain (:func:`~onnxinv.solvers.chain.chain_of`), or None.
+
+        Composed once per run: the certificate and the plan both use it.
+        """
+        from .chain import chain_of
+
+        blocks = self.partition.blocks
+        return chain_of(blocks[0]) if blocks and blocks[0].kind == "invertible" else None
+
     def verify(self, x: np.ndarray) -> Verification:
         """onnxruntime on the original model: flat or shaped samples -> verified flags."""
         from ..verify import verify
 
         x = np.asarray(x).reshape((len(x), *self.loaded.input_shape))
         return verify(self.loaded, self.objective, x, self.bounds)
-
-    def shaped(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(x).reshape((len(x), *self.loaded.input_shape))
 
 
 @dataclass
