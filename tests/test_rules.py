@@ -555,6 +555,28 @@ def test_round_trip(c: Case, opset: int):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+SMOOTH_CASES = [
+    p
+    for p in LATEST
+    if issubclass(p.values[0].rule, PointRule)
+    and not issubclass(p.values[0].rule, smx._SoftmaxBase)
+    and p.values[0].rule.smooth_inverse is not PointRule.smooth_inverse
+]
+
+
+@pytest.mark.parametrize(("c", "opset"), SMOOTH_CASES)
+def test_forward_with_slope_is_the_derivative(c: Case, opset: int):
+    """The slopes the chain pass's Jacobian uses are f'(x): central differences of the forward."""
+    p = prepare(c, opset)
+    x = 1.5 * p.rng.standard_normal((BATCH * 50, *c.shape))
+    y, slope = p.rule.forward_with_slope(x)
+    np.testing.assert_allclose(y, p.rule.forward(x), rtol=1e-12, atol=1e-12)
+    h = 1e-5
+    numeric = (p.rule.forward(x + h) - p.rule.forward(x - h)) / (2 * h)
+    assert slope.shape == x.shape
+    np.testing.assert_allclose(slope, numeric, rtol=1e-6, atol=1e-8)
+
+
 INTERVAL_CASES = [p for p in LATEST if not issubclass(p.values[0].rule, smx._SoftmaxBase)]
 
 

@@ -37,6 +37,12 @@ class Selu(ElementwiseRule):
         a, g = self._ag()
         return np.where(y > 0, y / g, np.log1p(np.minimum(y, 0) / (g * a)))
 
+    def forward_with_slope(self, x):
+        a, g = self._ag()
+        e = np.exp(np.minimum(x, 0))
+        pos = x > 0
+        return np.where(pos, g * x, g * a * (e - 1)), np.where(pos, g, g * a * e)
+
 
 class Elu(ElementwiseRule):
     """ELU: y = x (x > 0), α(eˣ − 1) otherwise; output > −α."""
@@ -62,6 +68,11 @@ class Elu(ElementwiseRule):
     def inverse(self, y):
         return np.where(y > 0, y, np.log1p(np.minimum(y, 0) / self.alpha))
 
+    def forward_with_slope(self, x):
+        e = np.exp(np.minimum(x, 0))
+        pos = x > 0
+        return np.where(pos, x, self.alpha * (e - 1)), np.where(pos, 1.0, self.alpha * e)
+
 
 class LeakyRelu(ElementwiseRule):
     """LeakyReLU with slope α > 0: y = x (x ≥ 0), αx otherwise; a bijection of ℝ."""
@@ -83,6 +94,10 @@ class LeakyRelu(ElementwiseRule):
 
     def inverse(self, y):
         return np.where(y >= 0, y, y / self.alpha)
+
+    def forward_with_slope(self, x):
+        pos = x >= 0
+        return np.where(pos, x, self.alpha * x), np.where(pos, 1.0, self.alpha)
 
 
 class PRelu(ElementwiseRule):
@@ -108,6 +123,11 @@ class PRelu(ElementwiseRule):
         flat = y.reshape(len(y), -1)
         return np.where(flat >= 0, flat, flat / self.slope).reshape(y.shape)
 
+    def forward_with_slope(self, x):
+        flat = x.reshape(len(x), -1)
+        slope = np.where(flat >= 0, 1.0, self.slope)
+        return (slope * flat).reshape(x.shape), slope.reshape(x.shape)
+
 
 class Sigmoid(ElementwiseRule):
     """Sigmoid: output in (0, 1), inverse logit."""
@@ -123,6 +143,10 @@ class Sigmoid(ElementwiseRule):
 
     def inverse(self, y):
         return np.log(y) - np.log1p(-y)
+
+    def forward_with_slope(self, x):
+        y = self.forward(x)
+        return y, y * (1 - y)
 
 
 class Tanh(ElementwiseRule):
@@ -140,6 +164,10 @@ class Tanh(ElementwiseRule):
     def inverse(self, y):
         return np.arctanh(y)
 
+    def forward_with_slope(self, x):
+        y = np.tanh(x)
+        return y, 1 - y * y
+
 
 class Softplus(ElementwiseRule):
     """Softplus: y = log(1 + eˣ) > 0, inverse log(eʸ − 1)."""
@@ -156,6 +184,9 @@ class Softplus(ElementwiseRule):
     def inverse(self, y):
         # log(expm1(y)) without overflow for large y.
         return y + np.log(-np.expm1(-y))
+
+    def forward_with_slope(self, x):
+        return np.logaddexp(0, x), 0.5 * (1 + np.tanh(0.5 * x))
 
 
 class HardSigmoid(ElementwiseRule):
@@ -183,6 +214,11 @@ class HardSigmoid(ElementwiseRule):
     def inverse(self, y):
         a, b = self.ab
         return (y - b) / a
+
+    def forward_with_slope(self, x):
+        a, b = self.ab
+        t = a * x + b
+        return np.clip(t, 0, 1), np.where((t > 0) & (t < 1), a, 0.0)
 
 
 class Clip(ElementwiseRule):
@@ -220,6 +256,10 @@ class Clip(ElementwiseRule):
 
     def inverse(self, y):
         return y.copy()
+
+    def forward_with_slope(self, x):
+        lo, hi = self.bounds
+        return np.clip(x, lo, hi), np.where((x > lo) & (x < hi), 1.0, 0.0)
 
 
 RULES = (Selu, Elu, LeakyRelu, PRelu, Sigmoid, Tanh, Softplus, HardSigmoid, Clip)

@@ -244,6 +244,9 @@ class AffineRule(InverseRule):
         return None
 
 
+SLOPE_STEP = 1e-6  # relative step of the default central-difference slope
+
+
 class PointRule(InverseRule):
     """A nonlinear node: needs one point for its output and returns its preimage family.
 
@@ -256,7 +259,7 @@ class PointRule(InverseRule):
       whatever the point (Softmax's additive constant); the planner counts them before running.
     * :meth:`smooth_inverse` – a smooth elementwise inverse, when there is one: the planner then
       chooses this rule's point jointly with the input below it (linearising the inverse)
-      instead of greedily.
+      instead of greedily; :meth:`forward_with_slope` gives the forward map's slope for that.
     """
 
     kind = "point"
@@ -268,6 +271,16 @@ class PointRule(InverseRule):
     def smooth_inverse(self):
         """An elementwise, differentiable inverse ``f(y) -> x`` on flat (B, n) values, or None."""
         return None
+
+    def forward_with_slope(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(f(x), f'(x))`` for rules with a :meth:`smooth_inverse` (the chain pass's Jacobian).
+
+        Central differences unless the rule knows its slope.
+        """
+        e = SLOPE_STEP * (1.0 + np.abs(x))
+        with np.errstate(all="ignore"):
+            slope = (self.forward(x + e) - self.forward(x - e)) / (2 * e)
+        return self.forward(x), slope
 
     def output_domain(self) -> Interval:
         """Bounds every output value must satisfy for :meth:`preimage` to apply."""

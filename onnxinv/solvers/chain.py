@@ -46,7 +46,6 @@ LAMBDA_MIN = 1e-10  # smallest Levenberg damping (relative to J W Jᵀ's mean di
 BOUNDARY = 0.995  # with affine scaling, the fraction of the way to the box a step may go
 LAMBDA_MAX = 1e10  # largest damping: the step is then a tiny gradient step
 TRIES = 14  # damping increases (×10) per iteration before a sample counts as stuck
-SLOPE_STEP = 1e-6  # relative step of the activations' central-difference slopes
 STALL = 30  # iterations over which |r| must fall by STALL_FACTOR
 STALL_FACTOR = 0.9
 
@@ -141,24 +140,30 @@ class ChainSolver:
             if isinstance(op, _Affine):
                 h = h @ op.M.T + op.c
                 continue
-            e = SLOPE_STEP * (1.0 + np.abs(h))
             with np.errstate(all="ignore"):
-                up, down = op.rule.forward(h + e), op.rule.forward(h - e)
-                slopes.append((up - down) / (2 * e))
-                h = op.rule.forward(h)
+                h, slope = op.rule.forward_with_slope(h)
+            slopes.append(slope)
         return h, slopes
 
     def jacobian(self, slopes: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
-        """``rows @ dz/dx`` (B, k, n) by one backward sweep; ``rows`` (k, m) acts on the top."""
-        g = np.broadcast_to(rows, (len(slopes[0]) if slopes else 1, *rows.shape))
+        """``rows @ dz/dx`` (B, k, n) by one backward sweep; ``rows`` (k, m) acts on the top.
+
+        Products with a layer's matrix are one matrix product over the whole batch (the batch
+        and the rows flattened together), not one per sample.
+        """
+        b = len(slopes[0]) if slopes else 1
+        g = None  # (b, k, width), once a slope has made the rows differ per sample
         d = len(slopes)
         for op in reversed(self.ops):
             if isinstance(op, _Affine):
-                g = g @ op.M
+                if g is None:
+                    rows = rows @ op.M
+                else:
+                    g = (g.reshape(-1, g.shape[2]) @ op.M).reshape(b, len(rows), -1)
             else:
                 d -= 1
-                g = g * slopes[d][:, None, :]
-        return np.asarray(g)
+                g = (rows if g is None else g) * slopes[d][:, None, :]
+        return np.broadcast_to(rows, (b, *rows.shape)) if g is None else g
 
     def top_family(self, fam: Family, rng, std: float) -> Family:
         """The request pulled through the top-only rules (Softmax: ``log p + c·1``)."""
