@@ -303,3 +303,25 @@ def test_every_class_target_is_solved_or_proven_unreachable_on_a_linear_net(box)
                 verified = int(prob.verify(out.x).verified.sum())
                 assert verified == (0 if len(solvers) == 2 else 16), (c, conf, solver.name)
     assert proven >= (12 if box[1] < 0.3 else 1)
+
+
+@pytest.mark.parametrize(
+    ("bounds", "scaled", "active", "want"),
+    [
+        (None, None, None, True),  # no box: the strategies are the same
+        ((0, 1), None, None, None),  # nothing measured yet: try both
+        ((0, 1), (10, 16, 0.1), None, False),  # the active set still needs its trial
+        ((0, 1), None, (10, 16, 0.1), True),
+        ((0, 1), (1, 16, 0.5), (16, 16, 0.1), False),  # real digits: pixels on the bounds
+        ((0, 1), (15, 16, 0.1), (7, 16, 0.3), True),  # uniform target: interior points
+        ((0, 1), (16, 16, 0.2), (16, 16, 0.1), False),  # both reach all: the faster wins
+    ],
+)
+def test_the_box_strategy_that_reaches_more_per_second_goes_first(bounds, scaled, active, want):
+    from onnxinv.solvers.chain import ChainSolver
+
+    solver = ChainSolver([], [], 4, bounds, Settings())
+    for key, rec in ((True, scaled), (False, active)):
+        if rec is not None:
+            solver._record[key] += rec
+    assert solver._preferred() is want
