@@ -242,15 +242,14 @@ def duplicate_rows(x: np.ndarray, rel: float = 1e-3) -> np.ndarray:
     cell size over the two most spread coordinates (a repeat lies in the same or a
     neighbouring cell), so the cost stays about linear in N.
     """
-    flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    flat = np.asarray(x).reshape(len(x), -1)  # a view: no float64 copy of every sample
     dup = np.zeros(len(flat), dtype=bool)
     if len(flat) < 2:
         return dup
-    finite = np.isfinite(flat).all(1)
-    tol = rel * max(1.0, float(np.nanmax(np.abs(flat))) if finite.any() else 1.0)
-    spread = np.nan_to_num(np.nanstd(np.where(np.isfinite(flat), flat, np.nan), axis=0))
+    top, spread = _finite_stats(flat)
+    tol = rel * max(1.0, top)
     axes = np.argsort(spread)[::-1][:2]
-    cells = np.floor(np.nan_to_num(flat[:, axes]) / tol).astype(np.int64)
+    cells = np.floor(np.nan_to_num(flat[:, axes].astype(np.float64)) / tol).astype(np.int64)
     if cells.shape[1] == 1:
         cells = np.concatenate([cells, np.zeros_like(cells)], axis=1)
     # Only samples with another sample in their cell or a neighbouring one can repeat: find
@@ -275,13 +274,36 @@ def duplicate_rows(x: np.ndarray, rel: float = 1e-3) -> np.ndarray:
         cell = (int(cells[i, 0]), int(cells[i, 1]))
         for off in near:
             for j in seen.get((cell[0] + off[0], cell[1] + off[1]), ()):
-                if np.max(np.abs(flat[i] - flat[j])) <= tol:
+                if np.max(np.abs(flat[i].astype(np.float64) - flat[j])) <= tol:
                     dup[i] = True
                     break
             if dup[i]:
                 break
         seen.setdefault(cell, []).append(int(i))
     return dup
+
+
+def _finite_stats(flat: np.ndarray, rows: int = 4096) -> tuple[float, np.ndarray]:
+    """Largest finite magnitude and each column's standard deviation over its finite values.
+
+    Accumulated over blocks of ``rows`` samples, so memory stays flat in the number of samples.
+    """
+    top = 0.0
+    count = np.zeros(flat.shape[1])
+    total = np.zeros(flat.shape[1])
+    squares = np.zeros(flat.shape[1])
+    for i in range(0, len(flat), rows):
+        block = flat[i : i + rows].astype(np.float64)
+        ok = np.isfinite(block)
+        block[~ok] = 0.0
+        if ok.any():
+            top = max(top, float(np.abs(block).max()))
+        count += ok.sum(0)
+        total += block.sum(0)
+        squares += (block * block).sum(0)
+    n = np.maximum(count, 1)
+    mean = total / n
+    return top, np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
 
 
 def _distinct(solver: Solver, rng, check: Verification, out: Outcome, notes: list[str]):
