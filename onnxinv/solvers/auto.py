@@ -9,18 +9,32 @@ previous ones left unverified:
 3. **restart**: the forward pass from fresh random starts for what polish did not solve,
    keeping whichever of the two ended with the smaller error.
 
+On a large run auto also checks that this route pays: the backward route is timed on a pilot
+of ``PILOT`` samples, and when the rest of the run would take it longer than
+``SWITCH_WORTH`` seconds, the forward pass is timed on another pilot (after its one-time
+conversion) and the rest of the run takes whichever verified more samples per second. The
+backward pass is the same Newton iteration as the forward pass where a chain needs one, in
+numpy instead of torch, and some deep nets favour the forward pass; auto should never cost
+much more than the better of the two.
+
 When the plan's LM on a block cannot fit the memory budget (a block may have more outputs than
 the whole model), the forward pass solves the whole model instead, with a note.
 """
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ..errors import MemoryBudgetError
+from ..verify import Verification
 from .backward import BackwardSolver
 from .base import Outcome, Solver
-from .forward import ForwardSolver
+from .forward import ForwardSolver, concatenate
+
+PILOT = 64  # samples each route is timed on before auto picks one for the rest of a run
+SWITCH_WORTH = 1.0  # seconds the backward route would still take before the forward is tried
 
 
 class AutoSolver(Solver):
@@ -35,12 +49,49 @@ class AutoSolver(Solver):
         self.backward: BackwardSolver | None = BackwardSolver(problem)
         self.forward = ForwardSolver(problem)
 
+        self.route: str | None = None  # "backward" or "forward" once measured
+
     def prepare(self) -> None:
         self.backward.prepare()
 
     def solve(self, k, rng, x0=None, on_progress=None) -> Outcome:
+        if self.backward is None or self.route == "forward":
+            return self._forward_route(k, rng, on_progress)
+        if self.route is None and k >= 4 * PILOT:
+            return self._pilot(k, rng, on_progress)
+        return self._backward_route(k, rng, on_progress)
+
+    def _pilot(self, k, rng, on_progress) -> Outcome:
+        """Time both routes on ``PILOT`` samples each; the faster solves the rest."""
+        t = time.perf_counter()
+        first = self._backward_route(PILOT, rng, on_progress)
+        rate = first.verification.verified.sum() / (time.perf_counter() - t)
+        left = k - PILOT
+        if self.backward is None or (rate > 0 and left / rate < SWITCH_WORTH):
+            self.route = "backward" if self.backward is not None else "forward"
+            return _joined([first, self.solve(left, rng, on_progress=on_progress)])
+        self.forward.prepare()  # the conversion is paid once, whichever route wins
+        t = time.perf_counter()
+        second = self._forward_route(PILOT, rng, on_progress)
+        forward_rate = second.verification.verified.sum() / (time.perf_counter() - t)
+        # (Neither reached anything: the forward route alone, since the backward one ends in
+        # LM from fresh starts anyway.)
+        self.route = "forward" if forward_rate > rate or forward_rate == rate == 0 else "backward"
+        self.problem.notes.append(
+            f"auto timed both routes on {PILOT} samples each ({rate:.0f} verified/s backward, "
+            f"{forward_rate:.0f}/s forward) and solved the rest by the {self.route} route"
+        )
+        return _joined([first, second, self.solve(left - PILOT, rng, on_progress=on_progress)])
+
+    def _forward_route(self, k, rng, on_progress) -> Outcome:
+        out = self.forward.solve(k, rng, on_progress=on_progress)
+        out.verification = self.problem.verify(out.x)
+        return out
+
+    def _backward_route(self, k, rng, on_progress) -> Outcome:
+        """The backward pass, then polish and fresh forward starts for what it left."""
         if self.backward is None:
-            return self.forward.solve(k, rng, on_progress=on_progress)
+            return self._forward_route(k, rng, on_progress)
         try:
             out = self.backward.solve(k, rng, on_progress=on_progress)
         except MemoryBudgetError as exc:
@@ -50,7 +101,7 @@ class AutoSolver(Solver):
             self.problem.notes.append(
                 f"the plan was abandoned ({exc}); the forward pass solved instead"
             )
-            return self.forward.solve(k, rng, on_progress=on_progress)
+            return self._forward_route(k, rng, on_progress)
         out.verification = check = self.problem.verify(out.x)
         pending = np.flatnonzero(~check.verified)
         if pending.size:
@@ -85,3 +136,13 @@ class AutoSolver(Solver):
         """Replacements for repeated samples come from fresh forward starts (the plan's
         choices may be deterministic)."""
         return self.forward.run(k, rng)
+
+
+def _joined(parts: list[Outcome]) -> Outcome:
+    """One outcome (with its onnxruntime check) from outcomes of consecutive samples."""
+    parts = [p for p in parts if len(p.x)]
+    out = concatenate(parts)
+    checks = [p.verification for p in parts]
+    out.verification = Verification(*(np.concatenate([getattr(c, f) for c in checks])
+                                      for f in ("inputs", "outputs", "errors", "verified")))  # fmt: skip
+    return out

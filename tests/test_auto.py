@@ -1,0 +1,81 @@
+"""auto on large runs: both routes timed on a pilot, the faster one solves the rest.
+
+The core assertion stays onnxruntime's: whichever route each sample took, every returned input
+gives the target. Which route is faster is made unambiguous by slowing one of them down.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from helpers import MODELS, assert_solved, reachable_distribution
+
+from onnxinv import invert
+from onnxinv.solvers import auto as auto_mod
+from onnxinv.solvers.backward import BackwardSolver
+from onnxinv.solvers.forward import ForwardSolver
+
+MODEL = MODELS / "digits_2layer.onnx"
+N = 4 * auto_mod.PILOT + 37  # enough for a pilot, and not a multiple of it
+
+
+def _slowed(monkeypatch, cls, seconds_per_sample: float) -> list[int]:
+    """Make ``cls.solve`` sleep per sample; returns the list of batch sizes it was called with."""
+    calls: list[int] = []
+    original = cls.solve
+
+    def slow(self, k, rng, x0=None, on_progress=None):
+        calls.append(k)
+        time.sleep(seconds_per_sample * k)
+        return original(self, k, rng, x0=x0, on_progress=on_progress)
+
+    monkeypatch.setattr(cls, "solve", slow)
+    return calls
+
+
+@pytest.fixture
+def target():
+    return np.array(reachable_distribution(MODEL, "probabilities", seed=2))
+
+
+def test_a_fast_backward_route_solves_everything_without_timing_the_forward(target):
+    result = invert(MODEL, {"distribution": target.tolist()}, samples=N, bounds=(0, 1), seed=0)
+    assert_solved(MODEL, result, target, "probabilities", bounds=(0, 1), n=N)
+    assert set(result.methods) == {"backward"}
+    assert result.model["jacobians"] == "none"  # the forward pass was never converted
+    assert not any("timed both routes" in note for note in result.notes)
+
+
+def test_a_slow_backward_route_hands_the_rest_to_the_forward_pass(monkeypatch, target):
+    monkeypatch.setattr(auto_mod, "SWITCH_WORTH", 0.0)  # always worth timing the forward
+    backward_calls = _slowed(monkeypatch, BackwardSolver, 2e-3)
+    result = invert(MODEL, {"distribution": target.tolist()}, samples=N, bounds=(0, 1), seed=0)
+    assert_solved(MODEL, result, target, "probabilities", bounds=(0, 1), n=N)
+    assert backward_calls == [auto_mod.PILOT]  # the pilot only
+    paths = np.array(result.methods)
+    assert (paths[: auto_mod.PILOT] == "backward").all()
+    assert (paths[auto_mod.PILOT :] == "forward").all()
+    assert any("by the forward route" in note for note in result.notes)
+
+
+def test_a_slow_forward_pilot_keeps_the_backward_route(monkeypatch, target):
+    monkeypatch.setattr(auto_mod, "SWITCH_WORTH", 0.0)
+    forward_calls = _slowed(monkeypatch, ForwardSolver, 5e-3)
+    result = invert(MODEL, {"distribution": target.tolist()}, samples=N, bounds=(0, 1), seed=0)
+    assert_solved(MODEL, result, target, "probabilities", bounds=(0, 1), n=N)
+    assert forward_calls == [auto_mod.PILOT]
+    paths = np.array(result.methods)
+    assert (paths[auto_mod.PILOT : 2 * auto_mod.PILOT] == "forward").all()
+    assert (np.delete(paths, np.s_[auto_mod.PILOT : 2 * auto_mod.PILOT]) == "backward").all()
+    assert any("by the backward route" in note for note in result.notes)
+
+
+def test_small_runs_take_the_backward_route_without_a_pilot(monkeypatch, target):
+    monkeypatch.setattr(auto_mod, "SWITCH_WORTH", 0.0)
+    forward_calls = _slowed(monkeypatch, ForwardSolver, 0.0)
+    n = 4 * auto_mod.PILOT - 1
+    result = invert(MODEL, {"distribution": target.tolist()}, samples=n, bounds=(0, 1), seed=0)
+    assert_solved(MODEL, result, target, "probabilities", bounds=(0, 1), n=n)
+    assert forward_calls == []
