@@ -1,12 +1,16 @@
-"""Throughput and peak memory of one method as the number of samples grows.
+"""Throughput and peak memory of each method as the number of samples grows.
 
-Each N runs in a fresh process (so its peak RSS is its own), on one bundled model and target,
-with bounds 0,1, after a small warm-up in that process. Prints, per N: verified samples per
-second and peak resident memory; memory should stay about flat in N (solvers work in chunks),
-and the rate should not fall.
+Each (N, method) runs in a fresh process (so its peak RSS is its own), on one bundled model
+and target, with bounds 0,1, after a small warm-up in that process. Prints, per N and method:
+verified samples per second, its ratio to `auto`'s and to `forward`'s at the same N (from the
+same run), and peak resident memory; memory should stay about flat in N (solvers work in
+chunks; what grows is the result itself), and the rate should not fall.
 
-    python bench/scale.py                           # backward, digits_2layer, 1k/10k/100k
-    python bench/scale.py --method forward --sizes 1000 10000
+    python bench/scale.py                    # auto, backward, forward; digits_2layer; 1k/10k/100k
+    python bench/scale.py --methods backward forward --sizes 1000 10000
+    python bench/scale.py --model models/digits_6layer.onnx --target reachable --sizes 2000
+
+``--target reachable`` is the model's own output on the first real 3 of the validation set.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,22 +41,43 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=str(ROOT / "models" / "digits_2layer.onnx"))
     ap.add_argument("--target", default=str(ROOT / "models" / "targets" / "mix_1_7.json"))
-    ap.add_argument("--method", default="backward")
+    ap.add_argument("--methods", nargs="+", default=["auto", "backward", "forward"])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     args = ap.parse_args(argv)
-    print(f"{Path(args.model).name}, target {Path(args.target).stem}, bounds 0,1, "
-          f"method {args.method}")  # fmt: skip
-    print(f"{'N':>8}  {'verified':>8}  {'seconds':>8}  {'verified/s':>10}  {'peak RSS MB':>11}")
+    target = args.target
+    if target == "reachable":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from common import reachable_target
+
+        spec = reachable_target(Path(args.model))
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as tmp:
+            json.dump(spec, tmp)
+        target = tmp.name
+    print(f"{Path(args.model).name}, target {Path(args.target).stem}, bounds 0,1")
+    print(f"{'N':>8}  {'method':>8}  {'verified':>8}  {'seconds':>8}  {'verified/s':>10}  "
+          f"{'vs auto':>7}  {'vs forward':>10}  {'peak RSS MB':>11}")  # fmt: skip
     for n in args.sizes:
-        out = subprocess.run(
-            [sys.executable, "-c", CHILD, args.model, args.target, args.method, str(n)],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        row = json.loads(out.stdout.strip().splitlines()[-1])
-        rate = row["verified"] / row["seconds"]
-        print(f"{n:>8}  {row['verified']:>8}  {row['seconds']:>8.2f}  {rate:>10.0f}  "
-              f"{row['peak_mb']:>11.0f}")  # fmt: skip
+        rows = {}
+        for method in args.methods:
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, args.model, target, method, str(n)],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            rows[method] = json.loads(out.stdout.strip().splitlines()[-1])
+            rows[method]["rate"] = rows[method]["verified"] / rows[method]["seconds"]
+        for method, row in rows.items():
+            ratios = [_ratio(row, rows.get(ref)) for ref in ("auto", "forward")]
+            print(f"{n:>8}  {method:>8}  {row['verified']:>8}  {row['seconds']:>8.2f}  "
+                  f"{row['rate']:>10.0f}  {ratios[0]:>7}  {ratios[1]:>10}  "
+                  f"{row['peak_mb']:>11.0f}")  # fmt: skip
     return 0
+
+
+def _ratio(row: dict, ref: dict | None) -> str:
+    """This method's verified samples/s over the reference's ("-" without one)."""
+    if ref is None or ref["rate"] == 0:
+        return "-"
+    return f"{row['rate'] / ref['rate']:.2f}x"
 
 
 if __name__ == "__main__":
