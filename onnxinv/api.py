@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import time
 import warnings
@@ -233,14 +234,17 @@ def _warning_notes(caught: list[warnings.WarningMessage]) -> list[str]:
     return list(seen)[:20]
 
 
+GRID_AXES = 4  # coordinates the duplicate check's grid uses (3**4 neighbouring cells)
+
+
 def duplicate_rows(x: np.ndarray, rel: float = 1e-3) -> np.ndarray:
     """(N,) mask of samples that repeat an earlier one.
 
     Two samples repeat each other when no value differs by more than ``rel`` times the largest
     magnitude among the samples (at least 1): solvers stop within a tolerance, so two runs to
     the same preimage rarely agree to the last bit. Candidates are found on a grid of that
-    cell size over the two most spread coordinates (a repeat lies in the same or a
-    neighbouring cell), so the cost stays about linear in N.
+    cell size over a few coordinates that separate the samples (a repeat lies in the same or a
+    neighbouring cell), so the cost stays about linear in N (see :func:`_grid_axes`).
     """
     flat = np.asarray(x).reshape(len(x), -1)  # a view: no float64 copy of every sample
     dup = np.zeros(len(flat), dtype=bool)
@@ -248,39 +252,52 @@ def duplicate_rows(x: np.ndarray, rel: float = 1e-3) -> np.ndarray:
         return dup
     top, spread = _finite_stats(flat)
     tol = rel * max(1.0, top)
-    axes = np.argsort(spread)[::-1][:2]
+    axes = _grid_axes(flat, spread, tol)
     cells = np.floor(np.nan_to_num(flat[:, axes].astype(np.float64)) / tol).astype(np.int64)
-    if cells.shape[1] == 1:
-        cells = np.concatenate([cells, np.zeros_like(cells)], axis=1)
-    # Only samples with another sample in their cell or a neighbouring one can repeat: find
-    # them with sorted integer keys (vectorised), then compare just those.
-    span = int(cells[:, 1].max() - cells[:, 1].min()) + 3
-    base = cells[:, 1].min() - 1
-    keys = cells[:, 0] * span + (cells[:, 1] - base)
+    # One integer key per cell (|cells| <= 1/rel + 1 since tol scales with the largest value,
+    # so the strides cannot overflow), then the samples with another one in their cell or a
+    # neighbouring one, found with sorted keys (vectorised); only those are compared.
+    base = cells.min(0) - 1
+    span = cells.max(0) - base + 2
+    stride = np.concatenate([[1], np.cumprod(span[:-1])])
+    keys = (cells - base) @ stride
     order = np.sort(keys)
-    counts = np.searchsorted(order, keys, "right") - np.searchsorted(order, keys, "left")
-    candidate = counts > 1
-    for da in (-1, 0, 1):
-        for db in (-1, 0, 1):
-            if da or db:
-                shifted = keys + da * span + db
-                pos = np.searchsorted(order, shifted)
-                candidate |= (pos < len(order)) & (
-                    order[np.minimum(pos, len(order) - 1)] == shifted
-                )
-    seen: dict[tuple[int, int], list[int]] = {}
-    near = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)]
+    near = [np.array(off) for off in itertools.product((-1, 0, 1), repeat=len(axes))]
+    candidate = np.zeros(len(flat), dtype=bool)
+    for off in near:
+        shifted = keys + off @ stride
+        lo, hi = np.searchsorted(order, shifted, "left"), np.searchsorted(order, shifted, "right")
+        candidate |= (hi - lo) > (0 if off.any() else 1)
+    seen: dict[int, list[int]] = {}
+    offsets = [int(off @ stride) for off in near]
     for i in np.flatnonzero(candidate):
-        cell = (int(cells[i, 0]), int(cells[i, 1]))
-        for off in near:
-            for j in seen.get((cell[0] + off[0], cell[1] + off[1]), ()):
-                if np.max(np.abs(flat[i].astype(np.float64) - flat[j])) <= tol:
-                    dup[i] = True
-                    break
-            if dup[i]:
-                break
-        seen.setdefault(cell, []).append(int(i))
+        row = flat[i].astype(np.float64)
+        key = int(keys[i])
+        dup[i] = any(
+            np.max(np.abs(row - flat[j])) <= tol for off in offsets for j in seen.get(key + off, ())
+        )
+        seen.setdefault(key, []).append(int(i))
     return dup
+
+
+def _grid_axes(flat: np.ndarray, spread: np.ndarray, tol: float, rows: int = 2048) -> np.ndarray:
+    """The ``GRID_AXES`` coordinates whose grid cells separate the most samples.
+
+    The most spread coordinates are not enough: with bounds, many samples sit on a bound in
+    the same coordinates (a real digit's zeros), so they share a cell there and the pairwise
+    comparisons grow as N². The coordinates chosen are those whose most crowded cell holds
+    the fewest of up to ``rows`` samples; ties go to the more spread coordinate.
+    """
+    pick = np.linspace(0, len(flat) - 1, min(rows, len(flat))).astype(np.int64)
+    cells = np.floor(np.nan_to_num(flat[pick].astype(np.float64)) / tol)
+    cells.sort(axis=0)
+    # Longest run of equal cells per column: position minus the start of its run.
+    position = np.arange(len(cells))[:, None]
+    new_run = np.ones(cells.shape, dtype=bool)
+    new_run[1:] = cells[1:] != cells[:-1]
+    start = np.maximum.accumulate(np.where(new_run, position, 0), axis=0)
+    crowd = (position - start).max(0)
+    return np.lexsort((-spread, crowd))[:GRID_AXES]
 
 
 def _finite_stats(flat: np.ndarray, rows: int = 4096) -> tuple[float, np.ndarray]:

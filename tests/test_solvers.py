@@ -315,6 +315,21 @@ def test_top_only_is_asked_of_the_rule(registry):
     assert_solved(model, result, np.array(p), "probabilities", n=4)
 
 
+def test_duplicate_rows_on_samples_that_sit_on_the_bounds():
+    """Most coordinates on a bound (a real digit's zeros): repeats still found, no others."""
+    from onnxinv.api import _finite_stats, _grid_axes, duplicate_rows
+
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, (3000, 64))
+    x[rng.random(x.shape) < 0.7] = 0.0  # 70% of each column on the lower bound
+    x[:, :8] = np.where(rng.random((3000, 8)) < 0.95, 1.0, x[:, :8])  # and some nearly all on 1
+    x[2999] = x[10] + 2e-4
+    x[1500] = x[7]
+    assert np.flatnonzero(duplicate_rows(x)).tolist() == [1500, 2999]
+    axes = _grid_axes(x, _finite_stats(x)[1], 1e-3)
+    assert (axes >= 8).all()  # the columns almost all on a bound separate nothing: not chosen
+
+
 def test_duplicate_rows_finds_repeats_within_the_tolerance_only():
     from onnxinv.api import duplicate_rows
 
