@@ -18,7 +18,8 @@ from onnxinv.solvers.backward import BackwardSolver
 from onnxinv.solvers.forward import ForwardSolver
 
 MODEL = MODELS / "digits_2layer.onnx"
-N = 4 * auto_mod.PILOT + 37  # enough for a pilot, and not a multiple of it
+CHUNK = 32  # the pilot is one chunk
+N = auto_mod.PILOTS * CHUNK + 37  # enough for a pilot, and not a multiple of a chunk
 
 
 def _slowed(monkeypatch, cls, seconds_per_sample: float) -> list[int]:
@@ -41,7 +42,8 @@ def target():
 
 
 def test_a_fast_backward_route_solves_everything_without_timing_the_forward(target):
-    result = invert(MODEL, {"distribution": target.tolist()}, samples=N, bounds=(0, 1), seed=0)
+    result = invert(MODEL, {"distribution": target.tolist()}, samples=N, bounds=(0, 1), seed=0,
+                    chunk_size=CHUNK)  # fmt: skip
     assert_solved(MODEL, result, target, "probabilities", bounds=(0, 1), n=N)
     assert set(result.methods) == {"backward"}
     assert result.model["jacobians"] == "none"  # the forward pass was never converted
@@ -51,31 +53,34 @@ def test_a_fast_backward_route_solves_everything_without_timing_the_forward(targ
 def test_a_slow_backward_route_hands_the_rest_to_the_forward_pass(monkeypatch, target):
     monkeypatch.setattr(auto_mod, "SWITCH_WORTH", 0.0)  # always worth timing the forward
     backward_calls = _slowed(monkeypatch, BackwardSolver, 2e-3)
-    result = invert(MODEL, {"distribution": target.tolist()}, samples=N, bounds=(0, 1), seed=0)
+    result = invert(MODEL, {"distribution": target.tolist()}, samples=N, bounds=(0, 1), seed=0,
+                    chunk_size=CHUNK)  # fmt: skip
     assert_solved(MODEL, result, target, "probabilities", bounds=(0, 1), n=N)
-    assert backward_calls == [auto_mod.PILOT]  # the pilot only
+    assert backward_calls == [CHUNK, CHUNK]  # the pilot only (warm-up and timed)
     paths = np.array(result.methods)
-    assert (paths[: auto_mod.PILOT] == "backward").all()
-    assert (paths[auto_mod.PILOT :] == "forward").all()
+    assert (paths[: 2 * CHUNK] == "backward").all()
+    assert (paths[2 * CHUNK :] == "forward").all()
     assert any("by the forward route" in note for note in result.notes)
 
 
 def test_a_slow_forward_pilot_keeps_the_backward_route(monkeypatch, target):
     monkeypatch.setattr(auto_mod, "SWITCH_WORTH", 0.0)
     forward_calls = _slowed(monkeypatch, ForwardSolver, 5e-3)
-    result = invert(MODEL, {"distribution": target.tolist()}, samples=N, bounds=(0, 1), seed=0)
+    result = invert(MODEL, {"distribution": target.tolist()}, samples=N, bounds=(0, 1), seed=0,
+                    chunk_size=CHUNK)  # fmt: skip
     assert_solved(MODEL, result, target, "probabilities", bounds=(0, 1), n=N)
-    assert forward_calls == [auto_mod.PILOT]
+    assert forward_calls == [CHUNK, CHUNK]
     paths = np.array(result.methods)
-    assert (paths[auto_mod.PILOT : 2 * auto_mod.PILOT] == "forward").all()
-    assert (np.delete(paths, np.s_[auto_mod.PILOT : 2 * auto_mod.PILOT]) == "backward").all()
+    assert (paths[2 * CHUNK : 4 * CHUNK] == "forward").all()
+    assert (np.delete(paths, np.s_[2 * CHUNK : 4 * CHUNK]) == "backward").all()
     assert any("by the backward route" in note for note in result.notes)
 
 
 def test_small_runs_take_the_backward_route_without_a_pilot(monkeypatch, target):
     monkeypatch.setattr(auto_mod, "SWITCH_WORTH", 0.0)
     forward_calls = _slowed(monkeypatch, ForwardSolver, 0.0)
-    n = 4 * auto_mod.PILOT - 1
-    result = invert(MODEL, {"distribution": target.tolist()}, samples=n, bounds=(0, 1), seed=0)
+    n = auto_mod.PILOTS * CHUNK - 1
+    result = invert(MODEL, {"distribution": target.tolist()}, samples=n, bounds=(0, 1), seed=0,
+                    chunk_size=CHUNK)  # fmt: skip
     assert_solved(MODEL, result, target, "probabilities", bounds=(0, 1), n=n)
     assert forward_calls == []

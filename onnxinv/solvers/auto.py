@@ -10,9 +10,10 @@ previous ones left unverified:
    keeping whichever of the two ended with the smaller error.
 
 On a large run auto also checks that this route pays: the backward route is timed on a pilot
-of ``PILOT`` samples, and when the rest of the run would take it longer than
-``SWITCH_WORTH`` seconds, the forward pass is timed on another pilot (after its one-time
-conversion) and the rest of the run takes whichever verified more samples per second. The
+of one chunk (``--chunk-size`` samples, the size every later batch has, after one chunk of
+warm-up, so the rate is the steady one), and when the rest of the run would take it longer than ``SWITCH_WORTH`` seconds
+(more than the forward pass's one-time conversion costs), the forward pass is timed on
+another chunk and the rest of the run takes whichever verified more samples per second. The
 backward pass is the same Newton iteration as the forward pass where a chain needs one, in
 numpy instead of torch, and some deep nets favour the forward pass; auto should never cost
 much more than the better of the two.
@@ -33,8 +34,8 @@ from .backward import BackwardSolver
 from .base import Outcome, Solver
 from .forward import ForwardSolver, concatenate
 
-PILOT = 64  # samples each route is timed on before auto picks one for the rest of a run
-SWITCH_WORTH = 1.0  # seconds the backward route would still take before the forward is tried
+PILOTS = 8  # a run of at least this many chunks times both routes (two chunks each)
+SWITCH_WORTH = 5.0  # seconds the backward route would still take before the forward is tried
 
 
 class AutoSolver(Solver):
@@ -57,31 +58,41 @@ class AutoSolver(Solver):
     def solve(self, k, rng, x0=None, on_progress=None) -> Outcome:
         if self.backward is None or self.route == "forward":
             return self._forward_route(k, rng, on_progress)
-        if self.route is None and k >= 4 * PILOT:
+        if self.route is None and k >= PILOTS * self.problem.settings.chunk_size:
             return self._pilot(k, rng, on_progress)
         return self._backward_route(k, rng, on_progress)
 
     def _pilot(self, k, rng, on_progress) -> Outcome:
-        """Time both routes on ``PILOT`` samples each; the faster solves the rest."""
-        t = time.perf_counter()
-        first = self._backward_route(PILOT, rng, on_progress)
-        rate = first.verification.verified.sum() / (time.perf_counter() - t)
-        left = k - PILOT
+        """Time both routes on one chunk each (after one chunk of warm-up); the faster goes on.
+
+        A route's first chunk pays one-time costs (the chain pass tries both box strategies,
+        torch warms up), so each route's rate is taken on its second chunk.
+        """
+        pilot = self.problem.settings.chunk_size
+        done = [self._backward_route(pilot, rng, on_progress)]
+        rate = self._rate(done, lambda: self._backward_route(pilot, rng, on_progress))
+        left = k - 2 * pilot
         if self.backward is None or (rate > 0 and left / rate < SWITCH_WORTH):
             self.route = "backward" if self.backward is not None else "forward"
-            return _joined([first, self.solve(left, rng, on_progress=on_progress)])
+            return _joined([*done, self.solve(left, rng, on_progress=on_progress)])
         self.forward.prepare()  # the conversion is paid once, whichever route wins
-        t = time.perf_counter()
-        second = self._forward_route(PILOT, rng, on_progress)
-        forward_rate = second.verification.verified.sum() / (time.perf_counter() - t)
+        done.append(self._forward_route(pilot, rng, on_progress))
+        forward_rate = self._rate(done, lambda: self._forward_route(pilot, rng, on_progress))
         # (Neither reached anything: the forward route alone, since the backward one ends in
         # LM from fresh starts anyway.)
         self.route = "forward" if forward_rate > rate or forward_rate == rate == 0 else "backward"
         self.problem.notes.append(
-            f"auto timed both routes on {PILOT} samples each ({rate:.0f} verified/s backward, "
+            f"auto timed both routes on {pilot} samples each ({rate:.0f} verified/s backward, "
             f"{forward_rate:.0f}/s forward) and solved the rest by the {self.route} route"
         )
-        return _joined([first, second, self.solve(left - PILOT, rng, on_progress=on_progress)])
+        return _joined([*done, self.solve(left - 2 * pilot, rng, on_progress=on_progress)])
+
+    @staticmethod
+    def _rate(done: list[Outcome], route) -> float:
+        """Verified samples per second of one timed call of ``route``; its outcome joins ``done``."""
+        t = time.perf_counter()
+        done.append(route())
+        return done[-1].verification.verified.sum() / (time.perf_counter() - t)
 
     def _forward_route(self, k, rng, on_progress) -> Outcome:
         out = self.forward.solve(k, rng, on_progress=on_progress)
