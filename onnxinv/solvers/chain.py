@@ -145,6 +145,7 @@ class ChainSolver:
         # Per box strategy (True: affine scaling, False: active set), on fresh anchors:
         # [samples reached, samples tried, seconds].
         self._record = {True: np.zeros(3), False: np.zeros(3)}
+        self._reached = {True: np.zeros(2), False: np.zeros(2)}  # every attempt: [reached, tried]
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         """Top values (B, m) and the activations' slopes at ``x`` (B, n), from the input up."""
@@ -203,7 +204,6 @@ class ChainSolver:
         x = np.empty((b, self.n))
         done = np.zeros(b, dtype=bool)
         prefer = self._preferred()
-        shift = 0  # 1 after a split first attempt: the next one starts with the preferred
         for attempt in range(1 + s.restarts):
             todo = np.flatnonzero(~done)
             if todo.size == 0 or self._expired() or (attempt >= 2 and not done.any()):
@@ -215,9 +215,10 @@ class ChainSolver:
                 t = 2 * TRIAL
                 parts = [(todo[:TRIAL], anchors[:TRIAL], True),
                          (todo[TRIAL:t], anchors[TRIAL:t], False), (todo[t:], anchors[t:], None)]  # fmt: skip
-                shift = 1
             else:
-                scaled = (prefer is not False) == ((attempt + shift) % 2 == 0)
+                scaled = (prefer is not False) == (attempt % 2 == 0)
+                if self._useless(scaled) and not self._useless(not scaled):
+                    scaled = not scaled  # (a strategy that never reached a sample rescues none)
                 parts = [(todo, anchors, scaled)]
             for rows, start, scaled in parts:
                 if scaled is None:
@@ -228,11 +229,17 @@ class ChainSolver:
                 xt, ok = self._attempt(Family(fam.v0[rows], fam.V), start, scaled)
                 if attempt == 0 and self.bounds is not None:
                     self._record[scaled] += (ok.sum(), len(ok), time.perf_counter() - t0)
+                self._reached[scaled] += (ok.sum(), len(ok))
                 keep = ok | (attempt == 0)
                 x[rows[keep]] = xt[keep]
                 done[rows] |= ok
             prefer = self._preferred() if prefer is None else prefer
         return x, done
+
+    def _useless(self, scaled: bool) -> bool:
+        """Whether a box strategy has been tried on enough samples and reached none of them."""
+        ok, tried = self._reached[scaled]
+        return self.bounds is not None and ok == 0 and tried >= 2 * TRIAL
 
     def _preferred(self) -> bool | None:
         """The box strategy to start with (True: affine scaling), None until both have a record.
@@ -248,7 +255,7 @@ class ChainSolver:
         ok_a, n_a, t_a = self._record[False]
         if n_s < TRIAL or n_a < TRIAL:
             return True if n_a >= TRIAL else (False if n_s >= TRIAL else None)
-        return bool(ok_s / max(t_s, 1e-9) >= ok_a / max(t_a, 1e-9))
+        return bool(ok_s / max(t_s, 1e-9) > ok_a / max(t_a, 1e-9))  # ties: the active set
 
     def _anchors(self, k: int, rng) -> np.ndarray:
         if self.bounds is not None:
