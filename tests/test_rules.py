@@ -37,6 +37,7 @@ from onnxinv.rules import (
     default_registry,
 )
 from onnxinv.rules import activations as act
+from onnxinv.rules import conv as cnv
 from onnxinv.rules import linear as lin
 from onnxinv.rules import piecewise as pw
 from onnxinv.rules import shape as shp
@@ -226,6 +227,33 @@ def _batchnorm(channels, epsilon=None):
 
 case("batchnorm-NCHW", lin.BatchNormalization, [3, 2, 2], _batchnorm(3))
 case("batchnorm-NC-eps", lin.BatchNormalization, [4], _batchnorm(4, epsilon=1e-3))
+
+
+# Conv: constant weights (and bias), 1-D and 2-D, stride, padding, dilation, groups, auto_pad.
+def _conv(w_shape, bias=True, **attrs):
+    def build(opset, rng):
+        fan_in = int(np.prod(w_shape[1:]))
+        inits = [_f32("W", rng.standard_normal(w_shape) / np.sqrt(fan_in))]
+        if bias:
+            inits.append(_f32("B", rng.standard_normal(w_shape[0])))
+        return N("Conv", ["x", "W", "B"] if bias else ["x", "W"], **attrs), inits
+
+    return build
+
+
+case("conv2d-1to4-channels-pad1", cnv.Conv, [1, 5, 5], _conv((4, 1, 3, 3), pads=[1, 1, 1, 1]))
+case(
+    "conv2d-groups-stride-dilation",
+    cnv.Conv,
+    [2, 7, 6],
+    _conv((4, 1, 2, 2), bias=False, group=2, strides=[2, 1], dilations=[1, 2], pads=[1, 0, 0, 1]),
+)
+case("conv1d-same-upper-stride2", cnv.Conv, [2, 7], _conv((3, 2, 3), auto_pad="SAME_UPPER",
+                                                          strides=[2]))  # fmt: skip
+case("conv1d-same-lower", cnv.Conv, [1, 6], _conv((2, 1, 2), auto_pad="SAME_LOWER"))
+case("conv3d-pad", cnv.Conv, [1, 3, 3, 3], _conv((4, 1, 2, 2, 2), pads=[1, 0, 1, 0, 1, 0]))
+case("conv2d-valid", cnv.Conv, [3, 4, 4], _conv((2, 3, 3, 3), auto_pad="VALID"),
+     extra={"null": 48 - 8})  # fmt: skip
 
 
 # Shape-only operators.
@@ -919,3 +947,13 @@ def test_gemm_on_a_whole_fixed_tensor(trans_a, with_c):
     assert len(result) >= 1
     for xi in result.inputs:
         np.testing.assert_allclose(sess.run(None, {"x": xi})[0], y, atol=1e-4)
+
+
+def test_channel_expanding_conv_recovers_its_input_exactly():
+    """1 → 4 channels with padding is injective: the inverse of its output is the input itself."""
+    c = next(c for c in CASES if c.name == "conv2d-1to4-channels-pad1")
+    p = prepare(c, 13)
+    x0, y = reachable(p, c)
+    assert p.rule.onto(1e12) is False and p.rule.nullity(100.0) == 0
+    x = p.rule.invert(y.astype(np.float64), p.rng)
+    np.testing.assert_allclose(x, x0, atol=2e-5)

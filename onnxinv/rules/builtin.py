@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from . import activations, linear, piecewise, shape, softmax
+from . import activations, conv, linear, piecewise, shape, softmax
 
-ALL_RULES = (*linear.RULES, *shape.RULES, *activations.RULES, *piecewise.RULES, *softmax.RULES)
+ALL_RULES = (
+    *linear.RULES, *conv.RULES, *shape.RULES, *activations.RULES, *piecewise.RULES,
+    *softmax.RULES,
+)  # fmt: skip
 
 
 def register(registry) -> None:
