@@ -37,11 +37,11 @@ from onnxinv.rules import (
     default_registry,
 )
 from onnxinv.rules import activations as act
-from onnxinv.rules import conv as cnv
 from onnxinv.rules import linear as lin
 from onnxinv.rules import piecewise as pw
 from onnxinv.rules import shape as shp
 from onnxinv.rules import softmax as smx
+from onnxinv.rules import spatial as cnv
 
 ORT_MIN_OPSET = 7  # onnxruntime only guarantees opset 7 and later
 BATCH = 3
@@ -254,6 +254,49 @@ case("conv1d-same-lower", cnv.Conv, [1, 6], _conv((2, 1, 2), auto_pad="SAME_LOWE
 case("conv3d-pad", cnv.Conv, [1, 3, 3, 3], _conv((4, 1, 2, 2, 2), pads=[1, 0, 1, 0, 1, 0]))
 case("conv2d-valid", cnv.Conv, [3, 4, 4], _conv((2, 3, 3, 3), auto_pad="VALID"),
      extra={"null": 48 - 8})  # fmt: skip
+
+
+def _avgpool(kernel, **attrs):
+    def build(opset, rng):
+        kw = dict(attrs)
+        if opset < 19:
+            kw.pop("dilations", None)
+        return N("AveragePool", ["x"], kernel_shape=kernel, **kw), []
+
+    return build
+
+
+def _pad(pads, value=None, axes=None):
+    def build(opset, rng):
+        if opset < 11:
+            attrs = {"pads": pads} if value is None else {"pads": pads, "value": value}
+            return N("Pad", ["x"], **attrs), []
+        inits, inputs = [_i64("pads", pads)], ["x", "pads"]
+        if value is not None or axes is not None:
+            inits.append(_f32("value", np.float32(0.0 if value is None else value)))
+            inputs.append("value")
+        if axes is not None:
+            inits.append(_i64("axes", axes))
+            inputs.append("axes")
+        return N("Pad", inputs), inits
+
+    return build
+
+
+case("avgpool2d-2x2", cnv.AveragePool, [2, 4, 4], _avgpool([2, 2], strides=[2, 2]),
+     extra={"null": 32 - 8})  # fmt: skip
+case("avgpool2d-pad-exclude", cnv.AveragePool, [1, 5, 5],
+     _avgpool([3, 3], pads=[1, 1, 1, 1], strides=[2, 2]))  # fmt: skip
+case("avgpool1d-pad-include", cnv.AveragePool, [2, 6],
+     _avgpool([3], pads=[1, 1], count_include_pad=1))  # fmt: skip
+case("avgpool2d-dilated", cnv.AveragePool, [1, 5, 5], _avgpool([2, 2], dilations=[2, 1]),
+     min_opset=19)  # fmt: skip
+case("globalavgpool", cnv.GlobalAveragePool, [3, 4, 4],
+     lambda opset, rng: (N("GlobalAveragePool", ["x"]), []),
+     extra={"null": 48 - 3})  # fmt: skip
+case("pad-constant-2d", cnv.Pad, [2, 3, 3], _pad([0, 0, 1, 2, 0, 0, 2, 1], value=0.5))
+case("pad-crop", cnv.Pad, [1, 4, 4], _pad([0, 0, 1, -1, 0, 0, -1, 2]))
+case("pad-axes", cnv.Pad, [2, 3], _pad([1, 2], value=-1.0, axes=[2]), min_opset=18)
 
 
 # Shape-only operators.

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from . import activations, conv, linear, piecewise, shape, softmax
+from . import activations, linear, piecewise, shape, softmax, spatial
 
 ALL_RULES = (
-    *linear.RULES, *conv.RULES, *shape.RULES, *activations.RULES, *piecewise.RULES,
+    *linear.RULES, *spatial.RULES, *shape.RULES, *activations.RULES, *piecewise.RULES,
     *softmax.RULES,
 )  # fmt: skip
 
