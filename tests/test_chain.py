@@ -100,6 +100,9 @@ MODELS = {
             nn.Linear(32, 10),
         ]
     ),
+    "relu-3": lambda: trained(
+        lambda: [nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 10)]
+    ),
     "tanh-sigmoid": lambda: trained(
         lambda: [nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 24), nn.Sigmoid(), nn.Linear(24, 10)]
     ),
@@ -226,7 +229,7 @@ def test_a_target_reachable_at_the_edge_of_the_box_is_never_called_unreachable(s
         assert certify(problem(m, probabilities_of(m, x), bounds)) is None
 
 
-@pytest.mark.parametrize("name", ["tanh-sigmoid", "leakyrelu-3", "selu-2-28x28"])
+@pytest.mark.parametrize("name", ["tanh-sigmoid", "leakyrelu-3", "relu-3", "selu-2-28x28"])
 def test_real_outputs_of_deep_chains_are_never_called_unreachable(name):
     m = model(name)
     size = 28 if "28x28" in name else 8

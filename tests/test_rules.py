@@ -631,7 +631,10 @@ SMOOTH_CASES = [
     for p in LATEST
     if issubclass(p.values[0].rule, PointRule)
     and not issubclass(p.values[0].rule, smx._SoftmaxBase)
-    and p.values[0].rule.smooth_inverse is not PointRule.smooth_inverse
+    and (
+        p.values[0].rule.smooth_inverse is not PointRule.smooth_inverse
+        or p.values[0].rule.differentiable is not PointRule.differentiable
+    )
 ]
 
 

@@ -272,6 +272,14 @@ class PointRule(InverseRule):
         """An elementwise, differentiable inverse ``f(y) -> x`` on flat (B, n) values, or None."""
         return None
 
+    def differentiable(self) -> bool:
+        """Whether the forward map is elementwise and differentiable almost everywhere, with
+        :meth:`forward_with_slope`: the chain pass (Newton over the input) then admits it.
+
+        True for rules with a smooth inverse; piecewise-linear ones (ReLU) declare it too.
+        """
+        return self.smooth_inverse() is not None
+
     def forward_with_slope(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(f(x), f'(x))`` for rules with a :meth:`smooth_inverse` (the chain pass's Jacobian).
 

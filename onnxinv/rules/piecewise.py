@@ -61,6 +61,12 @@ class Relu(PointRule):
     def forward_interval(self, lo, hi):
         return np.maximum(lo, 0.0), np.maximum(hi, 0.0)
 
+    def differentiable(self) -> bool:
+        return True
+
+    def forward_with_slope(self, x):
+        return np.maximum(x, 0.0), (x > 0).astype(np.float64)
+
     def nearest(self, y):
         return np.maximum(np.nan_to_num(_rows(y), nan=0.0), 0.0)
 

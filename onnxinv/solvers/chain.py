@@ -86,8 +86,8 @@ class _Activation:
 def chain_of(block) -> tuple[list, list] | None:
     """The block's steps as ([affine or activation ops from the input up], [top rules]).
 
-    None when a step is neither a dense affine map nor a smooth elementwise activation (below
-    the block's top-only rules), or a matrix would be too large to hold densely.
+    None when a step is neither a dense affine map nor an elementwise activation that is
+    differentiable almost everywhere (below the block's top-only rules), or a matrix would be too large to hold densely.
     """
     steps = list(block.steps)
     top = []
@@ -121,12 +121,25 @@ def chain_of(block) -> tuple[list, list] | None:
         if isinstance(step.rule, AffineRule):
             pending.append(step)
             continue
-        if not close() or step.rule.smooth_inverse() is None:
+        if not close() or not step.rule.differentiable():
             return None
         ops.append(_Activation(step.rule))
     if not close():
         return None
+    for i, op in enumerate(ops):
+        if isinstance(op, _Activation) and op.rule.smooth_inverse() is None:
+            # A piecewise-linear activation (ReLU) has slope 0 where it is off: Newton can only
+            # turn such a unit on through a layer above that mixes it with others. Without
+            # one, its exact pointwise preimage (the greedy pass) is the better route.
+            after = ops[i + 1] if i + 1 < len(ops) else None
+            if not isinstance(after, _Affine) or _permutation(after.M):
+                return None
     return ops, top
+
+
+def _permutation(M: np.ndarray) -> bool:
+    """Whether ``M`` only rearranges values (one 1 per row, zeros elsewhere)."""
+    return bool(((M == 0) | (M == 1)).all() and (M.sum(1) == 1).all())
 
 
 class ChainSolver:
