@@ -103,6 +103,18 @@ MODELS = {
     "relu-3": lambda: trained(
         lambda: [nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 10)]
     ),
+    "cnn-relu-avgpool": lambda: trained(
+        lambda: [
+            nn.Unflatten(1, (1, 8, 8)),
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64, 10),
+        ],
+        epochs=60,
+    ),  # fmt: skip
     "tanh-sigmoid": lambda: trained(
         lambda: [nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 24), nn.Sigmoid(), nn.Linear(24, 10)]
     ),
