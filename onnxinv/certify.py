@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .solvers.chain import _Affine
+from .solvers.chain import _Affine, _Select
 
 SLACK = 1e-5
 MAX_PAIRS_K = 64  # all pairs up to this many classes; above, each class against the largest
@@ -107,8 +107,8 @@ def certify(problem) -> str | None:
     if len(part.blocks) != 1 or found is None:
         return None
     ops, top = found
-    if not ops or not isinstance(ops[-1], _Affine):
-        return None
+    if not ops or not isinstance(ops[-1], _Affine) or any(isinstance(o, _Select) for o in ops):
+        return None  # (a max pool is not elementwise: no per-neuron relaxation for it)
     tops = {s.rule.op_type for s in top}
     if obj.kind == "distribution" and not (tops <= {"Softmax", "LogSoftmax"}):
         return None

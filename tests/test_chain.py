@@ -90,6 +90,12 @@ def selu(widths: list[int]) -> list[nn.Module]:
     return layers[:-1]
 
 
+def cnn(channels: int, pool: nn.Module) -> list[nn.Module]:
+    """Conv 3×3 → BatchNorm → ReLU → 2×2 ``pool`` → Gemm on the 8×8 digits."""
+    return [nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, channels, 3, padding=1),
+            nn.BatchNorm2d(channels), nn.ReLU(), pool, nn.Flatten(), nn.Linear(16 * channels, 10)]  # fmt: skip
+
+
 MODELS = {
     "leakyrelu-3": lambda: trained(
         lambda: [
@@ -103,18 +109,8 @@ MODELS = {
     "relu-3": lambda: trained(
         lambda: [nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 10)]
     ),
-    "cnn-relu-avgpool": lambda: trained(
-        lambda: [
-            nn.Unflatten(1, (1, 8, 8)),
-            nn.Conv2d(1, 4, 3, padding=1),
-            nn.BatchNorm2d(4),
-            nn.ReLU(),
-            nn.AvgPool2d(2),
-            nn.Flatten(),
-            nn.Linear(64, 10),
-        ],
-        epochs=60,
-    ),  # fmt: skip
+    "cnn-relu-avgpool": lambda: trained(lambda: cnn(4, nn.AvgPool2d(2)), epochs=60),
+    "cnn-relu-maxpool": lambda: trained(lambda: cnn(6, nn.MaxPool2d(2)), epochs=60),
     "tanh-sigmoid": lambda: trained(
         lambda: [nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 24), nn.Sigmoid(), nn.Linear(24, 10)]
     ),

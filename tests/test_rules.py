@@ -651,6 +651,24 @@ def test_forward_with_slope_is_the_derivative(c: Case, opset: int):
     np.testing.assert_allclose(slope, numeric, rtol=1e-6, atol=1e-8)
 
 
+SELECTIVE_CASES = [
+    p
+    for p in PARAMS
+    if issubclass(p.values[0].rule, PointRule)
+    and p.values[0].rule.selective is not PointRule.selective
+]
+
+
+@pytest.mark.parametrize(("c", "opset"), SELECTIVE_CASES)
+def test_forward_with_selection_copies_the_selected_inputs(c: Case, opset: int):
+    """Each output is the input its index names, and the values are the rule's forward."""
+    p = prepare(c, opset)
+    x = p.rng.standard_normal((BATCH, *c.shape))
+    y, idx = p.rule.forward_with_selection(x.reshape(BATCH, -1))
+    np.testing.assert_array_equal(y, p.rule.forward(x).reshape(BATCH, -1))
+    np.testing.assert_array_equal(np.take_along_axis(x.reshape(BATCH, -1), idx, axis=1), y)
+
+
 INTERVAL_CASES = [p for p in LATEST if not issubclass(p.values[0].rule, smx._SoftmaxBase)]
 
 

@@ -280,6 +280,15 @@ class PointRule(InverseRule):
         """
         return self.smooth_inverse() is not None
 
+    def selective(self) -> bool:
+        """Whether each output copies one input (a max pool): then :meth:`forward_with_selection`
+        gives which, and the chain pass admits the rule."""
+        return False
+
+    def forward_with_selection(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flat outputs (B, m) and, per output, the flat index of the input it copies (B, m)."""
+        raise NotImplementedError(f"{self.op_type} does not select inputs")
+
     def forward_with_slope(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(f(x), f'(x))`` for rules with a :meth:`smooth_inverse` (the chain pass's Jacobian).
 

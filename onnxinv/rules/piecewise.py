@@ -246,6 +246,24 @@ class MaxPool(PointRule):
         if not (self.table < self.n_in).any(0).all():
             raise RuleNotApplicable("a MaxPool window lies entirely in the padding")
 
+    def selective(self) -> bool:
+        return True
+
+    def forward_with_selection(self, x):
+        b = len(x)
+        xr = np.asarray(x, dtype=np.float64).reshape(b * self.lead, self.n_in)
+        xp = np.concatenate([xr, np.full((len(xr), 1), -np.inf)], axis=1)
+        best = np.full((len(xr), self.n_out), -np.inf)
+        arg = np.full((len(xr), self.n_out), self.n_in)
+        for cols in self.table:  # the first maximum of each window
+            v = xp[:, cols]
+            take = v > best
+            best = np.where(take, v, best)
+            arg = np.where(take, cols, arg)
+        offsets = (np.arange(self.lead) * self.n_in)[None, :, None]
+        idx = arg.reshape(b, self.lead, self.n_out) + offsets
+        return best.reshape(b, -1), idx.reshape(b, -1)
+
     # -- shared pieces ---------------------------------------------------------------------------
     def _pool(self, xp: np.ndarray) -> np.ndarray:
         """Window maxima of rows (R, n_in + 1) whose last column is the padding (-inf)."""

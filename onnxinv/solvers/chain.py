@@ -57,6 +57,7 @@ TRIES = 14  # damping increases (×10) per iteration before a sample counts as s
 STALL = 30  # iterations over which |r| must fall by STALL_FACTOR
 STALL_FACTOR = 0.9
 SLOW = 0.1  # |r| falling by less than this factor in a step: Newton is past its fast phase
+SELECT_LIMIT = DENSE_LIMIT // 64  # widest input of a max pool inside a chain
 TRIAL = 16  # samples each box strategy is tried on before the faster one goes first
 
 
@@ -81,6 +82,15 @@ class _Affine:
 @dataclass
 class _Activation:
     rule: InverseRule
+
+
+@dataclass
+class _Select:
+    """A rule whose every output copies one of its inputs (MaxPool): its Jacobian is a
+    selection, recorded per sample as the copied input's index."""
+
+    rule: InverseRule
+    n_in: int
 
 
 def chain_of(block) -> tuple[list, list] | None:
@@ -121,20 +131,41 @@ def chain_of(block) -> tuple[list, list] | None:
         if isinstance(step.rule, AffineRule):
             pending.append(step)
             continue
-        if not close() or not step.rule.differentiable():
+        if not close():
+            return None
+        if step.rule.selective():
+            if step.rule.ctx.input_size > SELECT_LIMIT:
+                return None  # (no affine map below bounds it: the Jacobian would be too wide)
+            ops.append(_Select(step.rule, step.rule.ctx.input_size))
+            continue
+        if not step.rule.differentiable():
             return None
         ops.append(_Activation(step.rule))
     if not close():
         return None
     for i, op in enumerate(ops):
-        if isinstance(op, _Activation) and op.rule.smooth_inverse() is None:
-            # A piecewise-linear activation (ReLU) has slope 0 where it is off: Newton can only
-            # turn such a unit on through a layer above that mixes it with others. Without
-            # one, its exact pointwise preimage (the greedy pass) is the better route.
-            after = ops[i + 1] if i + 1 < len(ops) else None
+        if isinstance(op, _Select) or (
+            isinstance(op, _Activation) and op.rule.smooth_inverse() is None
+        ):
+            # A piecewise-linear activation (ReLU) has slope 0 where it is off, a max pool
+            # for every entry below its window's maximum: Newton can only move those through a
+            # layer above that mixes them with others. Without one, the exact pointwise
+            # preimage (the greedy pass) is the better route.
+            after = next((o for o in ops[i + 1 :] if not isinstance(o, _Select)), None)
             if not isinstance(after, _Affine) or _permutation(after.M):
                 return None
     return ops, top
+
+
+def _scatter(g: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
+    """(b, k, n): each column j of ``g`` (b, k, m) added at input ``idx[:, j]`` of its sample
+    (windows may overlap, so several outputs can select one input)."""
+    b, k, m = g.shape
+    out = np.zeros((b * k, n))
+    rows = np.repeat(np.arange(b * k), m)
+    cols = np.repeat(idx, k, axis=0).ravel()
+    np.add.at(out, (rows, cols), g.reshape(-1))
+    return out.reshape(b, k, n)
 
 
 def _permutation(M: np.ndarray) -> bool:
@@ -168,7 +199,10 @@ class ChainSolver:
                 h = h @ op.M.T + op.c
                 continue
             with np.errstate(all="ignore"):
-                h, slope = op.rule.forward_with_slope(h)
+                if isinstance(op, _Select):
+                    h, slope = op.rule.forward_with_selection(h)  # (the selected indices)
+                else:
+                    h, slope = op.rule.forward_with_slope(h)
             slopes.append(slope)
         return h, slopes
 
@@ -187,6 +221,10 @@ class ChainSolver:
                     rows = rows @ op.M
                 else:
                     g = (g.reshape(-1, g.shape[2]) @ op.M).reshape(b, len(rows), -1)
+            elif isinstance(op, _Select):
+                d -= 1
+                g = np.broadcast_to(rows, (b, *rows.shape)) if g is None else g
+                g = _scatter(g, slopes[d], op.n_in)
             else:
                 d -= 1
                 g = (rows if g is None else g) * slopes[d][:, None, :]
