@@ -24,6 +24,12 @@ class Verification:
         return Verification(self.inputs[keep], self.outputs[keep], self.errors[keep],
                             self.verified[keep])  # fmt: skip
 
+    @classmethod
+    def concatenate(cls, parts: list[Verification]) -> Verification:
+        """The checks of consecutive samples as one."""
+        return cls(*(np.concatenate([getattr(p, name) for p in parts])
+                     for name in ("inputs", "outputs", "errors", "verified")))  # fmt: skip
+
     def replace(self, index: np.ndarray, other: Verification) -> None:
         """Take ``other``'s results (a re-check of samples ``index``) in place."""
         for name in ("inputs", "outputs", "errors", "verified"):

@@ -21,6 +21,7 @@ from .base import (
     RuleNotApplicable,
     per_sample,
 )
+from .spatial import window_pads
 
 FLOOR = 1e-6  # smallest random step (relative to the sample's scale), so a draw is strict
 MATCH = 1e-9  # relative tolerance of "equals" tests (MaxPool's window maximum, Max/Min's bound)
@@ -230,15 +231,8 @@ class MaxPool(PointRule):
         if auto_pad not in _AUTO_PADS:
             raise RuleNotApplicable(f"MaxPool with auto_pad={auto_pad!r}")
         in_sp, out_sp = ins[-n:], outs[-n:]
-        if auto_pad == "NOTSET":
-            begin = [int(p) for p in (ctx.attr("pads", None) or [0] * 2 * n)[:n]]
-        elif auto_pad == "VALID":
-            begin = [0] * n
-        else:
-            begin = []
-            for size, out, k, s, d in zip(in_sp, out_sp, kernel, strides, dilations, strict=True):
-                total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
-                begin.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
+        span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+        begin = window_pads(ctx, in_sp, out_sp, span, strides)[0]
         self.lead = int(np.prod(ins[:-n], dtype=np.int64))
         self.n_in = int(np.prod(in_sp, dtype=np.int64))
         self.n_out = int(np.prod(out_sp, dtype=np.int64))

@@ -48,20 +48,20 @@ def _windows(x, span, strides, dilations, begin, end) -> np.ndarray:
     ]
 
 
-def _pads(ctx: NodeContext, size, span, strides) -> tuple[list[int], list[int]]:
-    """Zero padding before and after each spatial axis (explicit ``pads`` or auto_pad)."""
+def window_pads(ctx: NodeContext, size, out, span, strides) -> tuple[list[int], list[int]]:
+    """Zero padding before and after each spatial axis of a windowed operator (Conv, the
+    pools): explicit ``pads``, or what ``auto_pad`` implies for spatial ``size`` → ``out``."""
     dims = len(size)
-    auto = ctx.attr("auto_pad", "NOTSET")
+    auto = ctx.attr("auto_pad", "NOTSET") or "NOTSET"
     auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto in ("NOTSET", ""):
-        pads = list(ctx.attr("pads", [0] * 2 * dims))
+    if auto == "NOTSET":
+        pads = [int(p) for p in (ctx.attr("pads", None) or [0] * 2 * dims)]
         return pads[:dims], pads[dims:]
     if auto == "VALID":
         return [0] * dims, [0] * dims
     begin, end = [], []
-    for n, k, s in zip(size, span, strides, strict=True):
-        out = -(-n // s)
-        total = max((out - 1) * s + k - n, 0)
+    for n, o, k, s in zip(size, out, span, strides, strict=True):
+        total = max((o - 1) * s + k - n, 0)
         small, large = total // 2, total - total // 2
         begin.append(small if auto == "SAME_UPPER" else large)
         end.append(large if auto == "SAME_UPPER" else small)
@@ -101,7 +101,7 @@ class Conv(_OnBasis):
         dilations = list(ctx.attr("dilations", [1] * dims))
         group = int(ctx.attr("group", 1))
         span = [(k - 1) * d + 1 for k, d in zip(W.shape[2:], dilations, strict=True)]
-        begin, end = _pads(ctx, x.shape[2:], span, strides)
+        begin, end = window_pads(ctx, x.shape[2:], ctx.output_shape[1:], span, strides)
         windows = _windows(x, span, strides, dilations, begin, end)
         per_group, out_per_group = x.shape[1] // group, W.shape[0] // group
         taps = list(range(2 + dims, 2 + 2 * dims))
@@ -139,7 +139,7 @@ class AveragePool(_OnBasis):
         strides = list(ctx.attr("strides", [1] * dims))
         dilations = list(ctx.attr("dilations", [1] * dims))
         span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
-        begin, end = _pads(ctx, ctx.input_shape[1:], span, strides)
+        begin, end = window_pads(ctx, ctx.input_shape[1:], ctx.output_shape[1:], span, strides)
         return dilations, span, strides, begin, end
 
     def _out_size(self, span, strides, begin, end) -> list[int]:

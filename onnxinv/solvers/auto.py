@@ -11,9 +11,10 @@ previous ones left unverified:
 
 On a large run auto also checks that this route pays: the backward route is timed on a pilot
 of one chunk (``--chunk-size`` samples, the size every later batch has, after one chunk of
-warm-up, so the rate is the steady one), and when the rest of the run would take it longer than ``SWITCH_WORTH`` seconds
-(more than the forward pass's one-time conversion costs), the forward pass is timed on
-another chunk and the rest of the run takes whichever verified more samples per second. The
+warm-up, so the rate is the steady one), and when the rest of the run would take it longer
+than ``SWITCH_WORTH`` seconds (more than the forward pass's one-time conversion costs), the
+forward pass is timed on another chunk and the rest of the run takes whichever verified more
+samples per second. The
 backward pass is the same Newton iteration as the forward pass where a chain needs one, in
 numpy instead of torch, and some deep nets favour the forward pass; auto should never cost
 much more than the better of the two.
@@ -29,7 +30,6 @@ import time
 import numpy as np
 
 from ..errors import MemoryBudgetError
-from ..verify import Verification
 from .backward import BackwardSolver
 from .base import Outcome, Solver
 from .forward import ForwardSolver, concatenate
@@ -74,7 +74,7 @@ class AutoSolver(Solver):
         left = k - 2 * pilot
         if self.backward is None or (rate > 0 and left / rate < SWITCH_WORTH):
             self.route = "backward" if self.backward is not None else "forward"
-            return _joined([*done, self.solve(left, rng, on_progress=on_progress)])
+            return concatenate([*done, self.solve(left, rng, on_progress=on_progress)])
         self.forward.prepare()  # the conversion is paid once, whichever route wins
         done.append(self._forward_route(pilot, rng, on_progress))
         forward_rate = self._rate(done, lambda: self._forward_route(pilot, rng, on_progress))
@@ -85,7 +85,7 @@ class AutoSolver(Solver):
             f"auto timed both routes on {pilot} samples each ({rate:.0f} verified/s backward, "
             f"{forward_rate:.0f}/s forward) and solved the rest by the {self.route} route"
         )
-        return _joined([*done, self.solve(left - 2 * pilot, rng, on_progress=on_progress)])
+        return concatenate([*done, self.solve(left - 2 * pilot, rng, on_progress=on_progress)])
 
     @staticmethod
     def _rate(done: list[Outcome], route) -> float:
@@ -147,13 +147,3 @@ class AutoSolver(Solver):
         """Replacements for repeated samples come from fresh forward starts (the plan's
         choices may be deterministic)."""
         return self.forward.run(k, rng)
-
-
-def _joined(parts: list[Outcome]) -> Outcome:
-    """One outcome (with its onnxruntime check) from outcomes of consecutive samples."""
-    parts = [p for p in parts if len(p.x)]
-    out = concatenate(parts)
-    checks = [p.verification for p in parts]
-    out.verification = Verification(*(np.concatenate([getattr(c, f) for c in checks])
-                                      for f in ("inputs", "outputs", "errors", "verified")))  # fmt: skip
-    return out

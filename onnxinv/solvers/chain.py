@@ -34,8 +34,8 @@ interior Newton iteration:
 Newton converges quadratically, so a sample is accepted when ``|r|`` is at round-off level
 (``EXACT``): the request is met exactly, not to a tolerance; or, for targets with
 probabilities so near 0 that the logits the box reaches cannot match them exactly, once the
-user's check holds with half its tolerance to spare and ``|r|`` has stopped falling fast. There is no per-sample Python
-loop: every operation is a matrix product or a batched solve.
+user's check holds with half its tolerance to spare and ``|r|`` has stopped falling fast.
+There is no per-sample Python loop: every operation is a matrix product or a batched solve.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def _reshape(rule) -> bool:
     if rule.ctx.input_size > 4096:
         return False
     mc = rule.dense()
-    return mc is not None and not mc[1].any() and ((mc[0] == 0) | (mc[0] == 1)).all()
+    return mc is not None and not mc[1].any() and _permutation(mc[0])
 
 
 @dataclass
@@ -97,7 +97,8 @@ def chain_of(block) -> tuple[list, list] | None:
     """The block's steps as ([affine or activation ops from the input up], [top rules]).
 
     None when a step is neither a dense affine map nor an elementwise activation that is
-    differentiable almost everywhere (below the block's top-only rules), or a matrix would be too large to hold densely.
+    differentiable almost everywhere nor a max pool (below the block's top-only rules), or a
+    matrix would be too large to hold densely.
     """
     steps = list(block.steps)
     top = []

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import MemoryBudgetError
+from ..verify import Verification
 from .base import Outcome, Solver
 from .lm import LMOutcome, LMSettings, levenberg_marquardt
 
@@ -85,14 +86,17 @@ class ForwardSolver(Solver):
 
 
 def concatenate(parts: list[Outcome]) -> Outcome:
-    """One outcome from several, in order."""
+    """One outcome from several, in order (with their onnxruntime checks when all have one)."""
+    parts = [p for p in parts if len(p.x)] or parts[:1]
     if len(parts) == 1:
         return parts[0]
+    checks = [p.verification for p in parts]
     return Outcome(
         np.concatenate([p.x for p in parts]),
         np.concatenate([p.error for p in parts]),
         np.concatenate([p.iterations for p in parts]),
         [path for p in parts for path in p.paths],
         [n for p in parts for n in p.notes],
+        verification=None if None in checks else Verification.concatenate(checks),
         timed_out=any(p.timed_out for p in parts),
     )
