@@ -39,6 +39,7 @@ from onnxinv.rules import (
 from onnxinv.rules import activations as act
 from onnxinv.rules import linear as lin
 from onnxinv.rules import piecewise as pw
+from onnxinv.rules import select as slc
 from onnxinv.rules import shape as shp
 from onnxinv.rules import softmax as smx
 from onnxinv.rules import spatial as cnv
@@ -84,7 +85,10 @@ def one_node_model(
 
 
 def run(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
-    return sess.run(None, {"x": np.asarray(x, dtype=np.float32)})[0]
+    x = np.asarray(x, dtype=np.float32)
+    if sess.get_inputs()[0].shape[0] == 1 and len(x) > 1:  # a fixed batch of one
+        return np.concatenate([run(sess, xi[None]) for xi in x])
+    return sess.run(None, {"x": x})[0]
 
 
 def fresh_registry() -> Registry:
@@ -242,6 +246,7 @@ def _conv(w_shape, bias=True, **attrs):
 
 
 case("conv2d-1to4-channels-pad1", cnv.Conv, [1, 5, 5], _conv((4, 1, 3, 3), pads=[1, 1, 1, 1]))
+case("conv2d-2to8-channels-pad1", cnv.Conv, [2, 6, 6], _conv((8, 2, 3, 3), pads=[1, 1, 1, 1]))
 case(
     "conv2d-groups-stride-dilation",
     cnv.Conv,
@@ -297,6 +302,83 @@ case("globalavgpool", cnv.GlobalAveragePool, [3, 4, 4],
 case("pad-constant-2d", cnv.Pad, [2, 3, 3], _pad([0, 0, 1, 2, 0, 0, 2, 1], value=0.5))
 case("pad-crop", cnv.Pad, [1, 4, 4], _pad([0, 0, 1, -1, 0, 0, -1, 2]))
 case("pad-axes", cnv.Pad, [2, 3], _pad([1, 2], value=-1.0, axes=[2]), min_opset=18)
+
+
+# ConvTranspose: stride, pads, output_padding, dilation, groups, output_shape and auto_pad.
+def _convt(w_shape, bias=True, **attrs):
+    def build(opset, rng):
+        inits = [_f32("W", rng.standard_normal(w_shape) / np.sqrt(w_shape[0]))]
+        if bias:
+            inits.append(_f32("B", rng.standard_normal(w_shape[1] * attrs.get("group", 1))))
+        return N("ConvTranspose", ["x", "W", "B"] if bias else ["x", "W"], **attrs), inits
+
+    return build
+
+
+case("convT2d-stride2-pads-outpad", cnv.ConvTranspose, [2, 3, 3],
+     _convt((2, 3, 3, 3), strides=[2, 2], pads=[1, 0, 1, 1], output_padding=[1, 0]))  # fmt: skip
+case("convT1d-group-dilation", cnv.ConvTranspose, [4, 5],
+     _convt((4, 1, 2), bias=False, group=2, strides=[3], dilations=[2]))  # fmt: skip
+case("convT2d-output-shape", cnv.ConvTranspose, [1, 3, 4],
+     _convt((1, 2, 3, 2), strides=[2, 2], output_shape=[6, 7]))  # fmt: skip
+case("convT2d-same-upper", cnv.ConvTranspose, [2, 3, 3],
+     _convt((2, 1, 2, 2), strides=[2, 2], auto_pad="SAME_UPPER"))  # fmt: skip
+case("convT3d", cnv.ConvTranspose, [1, 2, 2, 2], _convt((1, 2, 2, 2, 2), strides=[1, 2, 1]))
+case("convT2d-channel-reducing", cnv.ConvTranspose, [4, 3, 3], _convt((4, 1, 2, 2)),
+     extra={"null": 36 - 16})  # fmt: skip
+
+
+# Selections: Slice (constant starts/ends/axes/steps), Concat with constants, Split's first part.
+def _slice(starts, ends, axes=None, steps=None):
+    def build(opset, rng):
+        if opset < 10:
+            attrs = {"starts": starts, "ends": ends}
+            return N("Slice", ["x"], **attrs, **({"axes": axes} if axes else {})), []
+        inits = [_i64("starts", starts), _i64("ends", ends)]
+        inputs = ["x", "starts", "ends"]
+        for name, v in (("axes", axes), ("steps", steps)):
+            if v is not None:
+                inits.append(_i64(name, v))
+                inputs.append(name)
+        return N("Slice", inputs), inits
+
+    return build
+
+
+case("slice-2d", slc.Slice, [4, 5], _slice([1, 0], [3, 5], axes=[1, 2]), extra={"null": 10})
+case("slice-steps-negative", slc.Slice, [3, 6], _slice([-1, 0], [-1000, 2**62], axes=[2, 1],
+     steps=[-2, 2]), min_opset=10, extra={"null": 18 - 6})  # fmt: skip
+case("slice-last-axis-clamped", slc.Slice, [2, 4], _slice([-3], [100], axes=[-1]), min_opset=10)
+
+
+def _concat(c_shapes, data_at=0, axis=1):
+    def build(opset, rng):
+        names = [f"c{i}" for i in range(len(c_shapes))]
+        inits = [_f32(n, rng.standard_normal(s)) for n, s in zip(names, c_shapes, strict=True)]
+        return N("Concat", [*names[:data_at], "x", *names[data_at:]], axis=axis), inits
+
+    return build
+
+
+# Concat needs its constants' batch axis to match the data's: a model with a fixed batch of one.
+case("concat-x-c", slc.Concat, [2, 3], _concat([(1, 1, 3)]), extra={"batch": 1})
+case("concat-c-x-c-last-axis", slc.Concat, [2, 3], _concat([(1, 2, 1), (1, 2, 2)], 1, axis=-1),
+     min_opset=11, extra={"batch": 1})  # fmt: skip
+
+
+def _split(axis, sizes):
+    def build(opset, rng):
+        outputs = ["y", "rest"]
+        if opset >= 13:
+            node = helper.make_node("Split", ["x", "split"], outputs, axis=axis)
+            return node, [_i64("split", sizes)]
+        return helper.make_node("Split", ["x"], outputs, axis=axis, split=sizes), []
+
+    return build
+
+
+case("split-first-part", slc.Split, [5, 2], _split(1, [2, 3]), extra={"null": 6})
+case("split-last-axis", slc.Split, [2, 4], _split(-1, [1, 3]))
 
 
 # Shape-only operators.
@@ -572,7 +654,7 @@ def _seed(*parts) -> int:
 @functools.cache
 def _prepare(c: Case, opset: int) -> tuple[onnx.ModelProto, InverseRule]:
     node, inits = c.build(opset, np.random.default_rng(_seed(c.name)))
-    model = one_node_model(node, inits, ["N", *c.shape], opset)
+    model = one_node_model(node, inits, [c.extra.get("batch", "N"), *c.shape], opset)
     part = partition(model_mod.load(model), REGISTRY)
     assert len(part.blocks) == 1, part.blocks
     block = part.blocks[0]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from . import activations, linear, piecewise, shape, softmax, spatial
+from . import activations, linear, piecewise, select, shape, softmax, spatial
 
 ALL_RULES = (
-    *linear.RULES, *spatial.RULES, *shape.RULES, *activations.RULES, *piecewise.RULES,
+    *linear.RULES, *spatial.RULES, *select.RULES, *shape.RULES, *activations.RULES, *piecewise.RULES,
     *softmax.RULES,
 )  # fmt: skip
 

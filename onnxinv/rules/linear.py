@@ -1,4 +1,10 @@
-"""Affine operators with constant weights: Gemm, MatMul, Add/Sub/Mul/Div, BatchNormalization."""
+"""Affine operators with constant weights: Gemm, MatMul, Add/Sub/Mul/Div, BatchNormalization.
+
+Also the two bases of every matrix-backed affine rule: :class:`_DenseRule` (a dense matrix and
+its SVD; above :data:`~onnxinv.rules.linalg.DENSE_LIMIT` entries a matrix-free inverse when the
+rule has one) and :class:`_OnBasis` (a rule given by its linear part as an operator, its matrix
+built by applying it to the input basis when small).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ from functools import cached_property
 import numpy as np
 
 from .base import AffineRule, Family, NodeContext, RuleNotApplicable, per_sample
-from .linalg import DENSE_LIMIT, DenseAffine
+from .linalg import DENSE_LIMIT, DenseAffine, LinearInverse, too_large
 
 
 class _DenseRule(AffineRule):
@@ -15,32 +21,47 @@ class _DenseRule(AffineRule):
 
     A matrix larger than :data:`~onnxinv.rules.linalg.DENSE_LIMIT` entries is refused at
     construction (the node is then solved numerically): its SVD would not fit in time or memory.
+    Rules with a matrix-free inverse (:meth:`implicit`) are pulled back by it instead.
     """
 
     max_condition_used: float | None = None
+    matrix_free = False  # whether :meth:`implicit` is implemented
 
     def __init__(self, ctx: NodeContext):
         super().__init__(ctx)
         entries = ctx.input_size * ctx.output_size
-        if entries > DENSE_LIMIT:
+        if too_large(ctx.input_size, ctx.output_size) and not self.matrix_free:
             raise RuleNotApplicable(
                 f"{ctx.node.op_type} is a {ctx.output_size}x{ctx.input_size} map, too large for a "
                 f"dense SVD ({entries:,} entries > {DENSE_LIMIT:,})"
             )
 
+    @property
+    def large(self) -> bool:
+        """Whether the matrix is over the dense limit (then :meth:`implicit` is used)."""
+        return too_large(self.ctx.input_size, self.ctx.output_size)
+
     def matrix(self) -> tuple[np.ndarray, np.ndarray]:  # (M, c) on flat per-sample values
+        raise NotImplementedError
+
+    def implicit(self, max_condition: float) -> LinearInverse:
+        """The matrix-free inverse used above the dense limit."""
         raise NotImplementedError
 
     @cached_property
     def _mc(self) -> tuple[np.ndarray, np.ndarray]:
         return self.matrix()
 
-    def _dense(self, max_condition: float) -> DenseAffine:
+    def _inverse(self, max_condition: float) -> LinearInverse:
         cache = self.__dict__.setdefault("_svd", {})
-        if max_condition not in cache:
-            M, c = self._mc
-            cache[max_condition] = DenseAffine(M, c, max_condition)
-        return cache[max_condition]
+        key = (self.large, max_condition)
+        if key not in cache:
+            cache[key] = (
+                self.implicit(max_condition)
+                if self.large
+                else DenseAffine(*self._mc, max_condition)
+            )
+        return cache[key]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         M, c = self._mc
@@ -55,17 +76,89 @@ class _DenseRule(AffineRule):
         return centre - spread, centre + spread
 
     def pullback(self, family: Family, max_condition: float) -> Family:
-        return self._dense(max_condition).pullback(family)
+        return self._inverse(max_condition).pullback(family)
 
     def onto(self, max_condition: float) -> bool:
-        return self._dense(max_condition).onto
+        return self._inverse(max_condition).onto
 
     def nullity(self, max_condition: float) -> int:
-        dense = self._dense(max_condition)
-        return dense.M.shape[1] - dense.rank
+        return self._inverse(max_condition).null.shape[1]
 
-    def dense(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._mc
+    def dense(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return None if self.large else self._mc
+
+
+class _OnBasis(_DenseRule):
+    """An affine rule given by its linear part as an operator, with the exact transpose.
+
+    Small: the matrix is the linear part applied to the input basis (then the dense SVD).
+    Large: :meth:`structured` when the operator has an exact inverse of its own, else LSQR on
+    ``linear`` and ``adjoint`` (:class:`~onnxinv.rules.matfree.LsqrInverse`).
+    """
+
+    matrix_free = True
+
+    def linear(self, x: np.ndarray) -> np.ndarray:
+        """The linear part on ``x`` (B, *input_shape) -> (B, *output_shape), float64."""
+        raise NotImplementedError
+
+    def adjoint(self, y: np.ndarray) -> np.ndarray:
+        """The transpose of :meth:`linear`: (B, *output_shape) -> (B, *input_shape)."""
+        raise NotImplementedError
+
+    def abs_linear(self, x: np.ndarray) -> np.ndarray:
+        """The linear part with every coefficient replaced by its magnitude (interval bounds);
+        the default suits operators whose coefficients are all ≥ 0 (pools, selections)."""
+        return self.linear(x)
+
+    def offset(self) -> np.ndarray:
+        """The constant part, flat (output_size,)."""
+        return np.zeros(self.ctx.output_size)
+
+    def structured(self) -> LinearInverse | None:
+        """An exact inverse that needs no iterations (a selection, disjoint means), or None."""
+        return None
+
+    def matrix(self):
+        n = self.ctx.input_size
+        basis = np.eye(n).reshape((n, *self.ctx.input_shape))
+        M = self.linear(basis).reshape(n, -1).T
+        return np.ascontiguousarray(M), np.ascontiguousarray(self.offset(), dtype=np.float64)
+
+    def rows(self, fn, shape):
+        """``fn`` on flat rows: (B, prod(shape)) -> (B, -1)."""
+        return lambda X: fn(X.reshape((len(X), *shape))).reshape(len(X), -1)
+
+    def implicit(self, max_condition: float) -> LinearInverse:
+        from .matfree import LsqrInverse
+
+        found = self.structured()
+        if found is not None:
+            return found
+        ctx = self.ctx
+        return LsqrInverse(
+            ctx.input_size,
+            ctx.output_size,
+            self.offset(),
+            self.rows(self.linear, ctx.input_shape),
+            self.rows(self.adjoint, ctx.output_shape),
+            max_condition,
+        )
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if not self.large:
+            return super().forward(x)
+        y = self.linear(np.asarray(x, np.float64).reshape((len(x), *self.ctx.input_shape)))
+        return y + self.offset().reshape(self.ctx.output_shape)
+
+    def forward_interval(self, lo, hi):
+        if not self.large:
+            return super().forward_interval(lo, hi)
+        shape = (1, *self.ctx.input_shape)
+        mid, rad = ((lo + hi) / 2).reshape(shape), ((hi - lo) / 2).reshape(shape)
+        centre = self.linear(mid).ravel() + self.offset()
+        spread = self.abs_linear(rad).ravel()
+        return centre - spread, centre + spread
 
 
 class Gemm(_DenseRule):

@@ -1,59 +1,33 @@
-"""Linear operators on images as affine maps: Conv (1-, 2- and 3-D; stride, padding, dilation,
-groups, auto_pad), AveragePool, GlobalAveragePool and constant Pad.
+"""Linear operators on images as affine maps: Conv and ConvTranspose (1-, 2- and 3-D; stride,
+padding, dilation, groups, auto_pad), AveragePool, GlobalAveragePool and constant Pad.
 
 Each is linear in its input (plus a constant), so its inverse is the same SVD pseudo-inverse
 plus null space as a Gemm's. The matrix is built once by running the operator (in numpy,
-below) on the input space's basis; operators whose matrix is larger than
-:data:`~onnxinv.rules.linalg.DENSE_LIMIT` are left to LM (a matrix-free inverse would lift
-that limit).
+:mod:`onnxinv.rules.convops`) on the input space's basis. Above
+:data:`~onnxinv.rules.linalg.DENSE_LIMIT` no matrix is built: means over disjoint windows (a
+global average, a 2×2 pool with stride 2) and Pad have exact inverses of their own, and
+convolutions are solved by LSQR on the operator and its transpose
+(:mod:`onnxinv.rules.matfree`).
 """
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .base import NodeContext, RuleNotApplicable
-from .linear import _DenseRule
-
-
-class _OnBasis(_DenseRule):
-    """An affine rule whose matrix is its linear part applied to the input basis."""
-
-    def linear(self, x: np.ndarray) -> np.ndarray:
-        """The linear part on ``x`` (B, *input_shape) -> (B, *output_shape), float64."""
-        raise NotImplementedError
-
-    def offset(self) -> np.ndarray:
-        """The constant part, flat (output_size,)."""
-        return np.zeros(self.ctx.output_size)
-
-    def matrix(self):
-        n = self.ctx.input_size
-        basis = np.eye(n).reshape((n, *self.ctx.input_shape))
-        M = self.linear(basis).reshape(n, -1).T
-        return np.ascontiguousarray(M), np.ascontiguousarray(self.offset(), dtype=np.float64)
-
-
-def _windows(x, span, strides, dilations, begin, end) -> np.ndarray:
-    """(B, C, *out, *kernel) windows of ``x`` (B, C, *spatial) after zero padding."""
-    dims = len(span)
-    x = np.pad(x, [(0, 0), (0, 0), *zip(begin, end, strict=True)])
-    windows = sliding_window_view(x, span, axis=tuple(range(2, 2 + dims)))
-    # Keep every stride-th window and every dilation-th tap.
-    return windows[
-        (slice(None), slice(None))
-        + tuple(slice(None, None, s) for s in strides)
-        + tuple(slice(None, None, d) for d in dilations)
-    ]
+from .convops import correlate, correlate_transpose, crop, scatter_windows, windows
+from .linear import _OnBasis
+from .matfree import CoIsometry
+from .select import Selection
 
 
 def window_pads(ctx: NodeContext, size, out, span, strides) -> tuple[list[int], list[int]]:
     """Zero padding before and after each spatial axis of a windowed operator (Conv, the
     pools): explicit ``pads``, or what ``auto_pad`` implies for spatial ``size`` → ``out``."""
     dims = len(size)
-    auto = ctx.attr("auto_pad", "NOTSET") or "NOTSET"
-    auto = auto.decode() if isinstance(auto, bytes) else auto
+    auto = _auto_pad(ctx)
     if auto == "NOTSET":
         pads = [int(p) for p in (ctx.attr("pads", None) or [0] * 2 * dims)]
         return pads[:dims], pads[dims:]
@@ -68,21 +42,48 @@ def window_pads(ctx: NodeContext, size, out, span, strides) -> tuple[list[int], 
     return begin, end
 
 
-class Conv(_OnBasis):
-    """Conv of the data (input 0) with constant weights W and optional constant bias B."""
+def _auto_pad(ctx: NodeContext) -> str:
+    auto = ctx.attr("auto_pad", "NOTSET") or "NOTSET"
+    return auto.decode() if isinstance(auto, bytes) else auto
 
-    op_type = "Conv"
-    versions = (1, 11, 22)
+
+class _Convolution(_OnBasis):
+    """Shared by Conv and ConvTranspose: constant kernel W (input 1), optional constant bias."""
 
     def __init__(self, ctx: NodeContext):
         super().__init__(ctx)
+        op = ctx.node.op_type
         W = ctx.constants.get(1)
         if ctx.data_input != 0 or W is None:
-            raise RuleNotApplicable("Conv is invertible only in its data with constant weights")
+            raise RuleNotApplicable(f"{op} is invertible only in its data with constant weights")
         if len(ctx.node.input) > 2 and ctx.node.input[2] and 2 not in ctx.constants:
-            raise RuleNotApplicable("Conv's bias is not constant")
+            raise RuleNotApplicable(f"{op}'s bias is not constant")
         if not ctx.batched or len(ctx.input_shape) != W.ndim - 1:
-            raise RuleNotApplicable("Conv needs a batch axis, channels and spatial axes")
+            raise RuleNotApplicable(f"{op} needs a batch axis, channels and spatial axes")
+
+    @cached_property
+    def W(self) -> np.ndarray:
+        return self.ctx.constants[1].astype(np.float64)
+
+    @property
+    def dims(self) -> int:
+        return self.W.ndim - 2
+
+    @property
+    def strides(self) -> list[int]:
+        return list(self.ctx.attr("strides", None) or [1] * self.dims)
+
+    @property
+    def dilations(self) -> list[int]:
+        return list(self.ctx.attr("dilations", None) or [1] * self.dims)
+
+    @property
+    def group(self) -> int:
+        return int(self.ctx.attr("group", 1))
+
+    @property
+    def span(self) -> list[int]:
+        return [(k - 1) * d + 1 for k, d in zip(self.W.shape[2:], self.dilations, strict=True)]
 
     def offset(self):
         ctx = self.ctx
@@ -93,31 +94,100 @@ class Conv(_OnBasis):
         return np.broadcast_to(bias.reshape(shape), ctx.output_shape).ravel()
 
     def linear(self, x: np.ndarray) -> np.ndarray:
-        """The convolution without bias of ``x`` (B, C, *spatial), in float64."""
+        return self._apply(x, self.W)
+
+    def abs_linear(self, x: np.ndarray) -> np.ndarray:
+        return self._apply(x, np.abs(self.W))
+
+    def _apply(self, x: np.ndarray, W: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Conv(_Convolution):
+    """Conv of the data (input 0) with constant weights W and optional constant bias B."""
+
+    op_type = "Conv"
+    versions = (1, 11, 22)
+
+    @cached_property
+    def pads(self) -> tuple[list[int], list[int]]:
         ctx = self.ctx
-        W = ctx.constants[1].astype(np.float64)
-        dims = W.ndim - 2
-        strides = list(ctx.attr("strides", [1] * dims))
-        dilations = list(ctx.attr("dilations", [1] * dims))
-        group = int(ctx.attr("group", 1))
-        span = [(k - 1) * d + 1 for k, d in zip(W.shape[2:], dilations, strict=True)]
-        begin, end = window_pads(ctx, x.shape[2:], ctx.output_shape[1:], span, strides)
-        windows = _windows(x, span, strides, dilations, begin, end)
-        per_group, out_per_group = x.shape[1] // group, W.shape[0] // group
-        taps = list(range(2 + dims, 2 + 2 * dims))
-        out = [
-            np.tensordot(
-                windows[:, g * per_group : (g + 1) * per_group],
-                W[g * out_per_group : (g + 1) * out_per_group],
-                axes=([1, *taps], [1, *range(2, 2 + dims)]),
-            )  # sum over the group's input channels and the kernel taps
-            for g in range(group)
-        ]
-        y = np.concatenate(out, axis=-1)  # (B, *out, C_out)
-        return np.moveaxis(y, -1, 1)
+        return window_pads(ctx, ctx.input_shape[1:], ctx.output_shape[1:], self.span, self.strides)
+
+    def _apply(self, x, W):
+        """The convolution without bias of ``x`` (B, C, *spatial), in float64."""
+        return correlate(x, W, self.strides, self.dilations, *self.pads, self.group)
+
+    def adjoint(self, y):
+        """The transposed convolution: what LSQR needs besides the forward."""
+        size = self.ctx.input_shape[1:]
+        return correlate_transpose(y, self.W, self.strides, self.dilations, self.pads[0], size,
+                                   self.group)  # fmt: skip
 
 
-class AveragePool(_OnBasis):
+class ConvTranspose(_Convolution):
+    """ConvTranspose with constant weights W (C_in, C_out/group, *kernel) and optional bias:
+    strides, pads or output_shape/auto_pad, output_padding, dilations, groups."""
+
+    op_type = "ConvTranspose"
+    versions = (1, 11, 22)
+
+    def __init__(self, ctx: NodeContext):
+        super().__init__(ctx)
+        if ctx.output_shape[0] != self.W.shape[1] * self.group or min(self.begin) < 0:
+            raise RuleNotApplicable("ConvTranspose's output shape does not follow its attributes")
+
+    @cached_property
+    def full(self) -> list[int]:
+        """Each spatial size before cropping the pads: stride·(in − 1) + span + output_padding."""
+        extra = list(self.ctx.attr("output_padding", None) or [0] * self.dims)
+        return [
+            s * (n - 1) + k + a
+            for n, s, k, a in zip(self.ctx.input_shape[1:], self.strides, self.span, extra,
+                                  strict=True)
+        ]  # fmt: skip
+
+    @cached_property
+    def begin(self) -> list[int]:
+        """Pixels cropped before each spatial axis, as the ONNX spec (and onnxruntime ≥ 1.14)
+        computes them: with ``output_shape`` or SAME padding, the total is what the output
+        leaves out, its smaller half in front for SAME_UPPER, its larger half otherwise."""
+        auto = _auto_pad(self.ctx)
+        if self.ctx.attr("output_shape", None) or auto in ("SAME_UPPER", "SAME_LOWER"):
+            out = self.ctx.output_shape[1:]
+            total = [max(0, f - o) for f, o in zip(self.full, out, strict=True)]
+            return [t // 2 if auto == "SAME_UPPER" else t - t // 2 for t in total]
+        if auto == "VALID":
+            return [0] * self.dims
+        return [int(p) for p in (self.ctx.attr("pads", None) or [0] * 2 * self.dims)][: self.dims]
+
+    def _apply(self, x, W):
+        size = self.ctx.output_shape[1:]
+        return correlate_transpose(x, W, self.strides, self.dilations, self.begin, size, self.group)
+
+    def adjoint(self, y):
+        size = self.ctx.input_shape[1:]
+        end = [
+            max(0, s * (n - 1) + k - b - o)
+            for n, s, k, b, o in zip(size, self.strides, self.span, self.begin, y.shape[2:],
+                                     strict=True)
+        ]  # fmt: skip
+        x = correlate(y, self.W, self.strides, self.dilations, self.begin, end, self.group)
+        return crop(x, [0] * self.dims, size)
+
+
+class _Mean(_OnBasis):
+    """A pool averaging windows; ``A Aᵀ = scale · I`` when the windows are disjoint and whole."""
+
+    def _co_isometry(self, scale: float) -> CoIsometry:
+        ctx = self.ctx
+        return CoIsometry(
+            ctx.input_size, ctx.output_size, None, self.rows(self.linear, ctx.input_shape),
+            self.rows(self.adjoint, ctx.output_shape), scale,
+        )  # fmt: skip
+
+
+class AveragePool(_Mean):
     """AveragePool (floor mode; with or without the padding counted)."""
 
     op_type = "AveragePool"
@@ -128,16 +198,17 @@ class AveragePool(_OnBasis):
         if not ctx.batched or len(ctx.input_shape) < 2:
             raise RuleNotApplicable("AveragePool needs a batch axis, channels and spatial axes")
         if ctx.attr("ceil_mode", 0):
-            size = self._out_size(*self._geometry()[1:])
+            size = self._out_size(*self._geometry[1:])
             if tuple(size) != tuple(ctx.output_shape[1:]):
                 raise RuleNotApplicable("AveragePool with ceil_mode adding partial windows")
 
+    @cached_property
     def _geometry(self):
         ctx = self.ctx
         kernel = list(ctx.attr("kernel_shape"))
         dims = len(kernel)
-        strides = list(ctx.attr("strides", [1] * dims))
-        dilations = list(ctx.attr("dilations", [1] * dims))
+        strides = list(ctx.attr("strides", None) or [1] * dims)
+        dilations = list(ctx.attr("dilations", None) or [1] * dims)
         span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
         begin, end = window_pads(ctx, ctx.input_shape[1:], ctx.output_shape[1:], span, strides)
         return dilations, span, strides, begin, end
@@ -149,20 +220,38 @@ class AveragePool(_OnBasis):
             for n, k, s, b, e in zip(size, span, strides, begin, end, strict=True)
         ]
 
-    def linear(self, x: np.ndarray) -> np.ndarray:
-        dilations, span, strides, begin, end = self._geometry()
-        dims = len(span)
-        taps = tuple(range(-dims, 0))
-        total = _windows(x, span, strides, dilations, begin, end).sum(taps)
+    @cached_property
+    def _count(self) -> np.ndarray | float:
+        """How many values each output averages (a float when the padding is counted)."""
+        dilations, span, strides, begin, end = self._geometry
         if self.ctx.attr("count_include_pad", 0):
-            count = float(np.prod([(k - 1) // d + 1 for k, d in zip(span, dilations, strict=True)]))
-        else:
-            ones = np.ones((1, 1, *x.shape[2:]))
-            count = _windows(ones, span, strides, dilations, begin, end).sum(taps)
-        return total / count
+            return float(np.prod([(k - 1) // d + 1 for k, d in zip(span, dilations, strict=True)]))
+        ones = np.ones((1, 1, *self.ctx.input_shape[1:]))
+        taps = tuple(range(-len(span), 0))
+        return windows(ones, span, strides, dilations, begin, end).sum(taps)
+
+    def linear(self, x: np.ndarray) -> np.ndarray:
+        dilations, span, strides, begin, end = self._geometry
+        taps = tuple(range(-len(span), 0))
+        return windows(x, span, strides, dilations, begin, end).sum(taps) / self._count
+
+    def adjoint(self, y: np.ndarray) -> np.ndarray:
+        dilations, span, strides, begin, _ = self._geometry
+        kernel = [(k - 1) // d + 1 for k, d in zip(span, dilations, strict=True)]
+        share = (y / self._count).reshape((*y.shape, *[1] * len(span)))
+        cols = np.broadcast_to(share, (*y.shape, *kernel))
+        return scatter_windows(cols, strides, dilations, begin, self.ctx.input_shape[1:])
+
+    def structured(self):
+        """Disjoint, whole windows (stride ≥ window, no padding): ``A Aᵀ = I / K``."""
+        dilations, span, strides, begin, end = self._geometry
+        if any(begin) or any(end) or any(s < k for s, k in zip(strides, span, strict=True)):
+            return None
+        taps = np.prod([(k - 1) // d + 1 for k, d in zip(span, dilations, strict=True)])
+        return self._co_isometry(1.0 / float(taps))
 
 
-class GlobalAveragePool(_OnBasis):
+class GlobalAveragePool(_Mean):
     """GlobalAveragePool: the mean over the spatial axes, per channel."""
 
     op_type = "GlobalAveragePool"
@@ -173,18 +262,28 @@ class GlobalAveragePool(_OnBasis):
         if not ctx.batched or len(ctx.input_shape) < 2:
             raise RuleNotApplicable("GlobalAveragePool needs a batch axis and channels")
 
+    @property
+    def _area(self) -> int:
+        return int(np.prod(self.ctx.input_shape[1:]))
+
     def linear(self, x: np.ndarray) -> np.ndarray:
         return x.mean(axis=tuple(range(2, x.ndim)), keepdims=True)
 
+    def adjoint(self, y: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(y / self._area, (len(y), *self.ctx.input_shape)).copy()
 
-class Pad(_OnBasis):
+    def structured(self):
+        return self._co_isometry(1.0 / self._area)
+
+
+class Pad(Selection):
     """Pad in ``constant`` mode with constant pads (negative pads crop)."""
 
     op_type = "Pad"
     versions = (2, 11, 13, 18, 19, 21, 23, 24, 25)
 
-    def __init__(self, ctx: NodeContext):
-        super().__init__(ctx)
+    def validate(self) -> None:
+        ctx = self.ctx
         mode = ctx.attr("mode", "constant")
         mode = mode.decode() if isinstance(mode, bytes) else mode
         if mode != "constant":
@@ -221,22 +320,16 @@ class Pad(_OnBasis):
             return float(ctx.constants[2].ravel()[0])
         return float(ctx.attr("value", 0.0))
 
-    def _pad(self, x: np.ndarray, value: float) -> np.ndarray:
+    def select(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         begin, end = self._pads()
-        grown = np.pad(x, [(max(b, 0), max(e, 0)) for b, e in zip(begin, end, strict=True)],
-                       constant_values=value)  # fmt: skip
+        grown = np.pad(index[None], [(max(b, 0), max(e, 0)) for b, e in zip(begin, end, strict=True)],
+                       constant_values=-1)  # fmt: skip
         crop = tuple(
             slice(max(-b, 0), grown.shape[i] - max(-e, 0))
             for i, (b, e) in enumerate(zip(begin, end, strict=True))
         )
-        return grown[crop]
-
-    def linear(self, x: np.ndarray) -> np.ndarray:
-        return self._pad(x, 0.0)
-
-    def offset(self):
-        zero = np.zeros((1, *self.ctx.input_shape))
-        return self._pad(zero, self._value()).ravel()
+        source = grown[crop][0]
+        return source, np.where(source < 0, self._value(), 0.0)
 
 
-RULES = (Conv, AveragePool, GlobalAveragePool, Pad)
+RULES = (Conv, ConvTranspose, AveragePool, GlobalAveragePool, Pad)
