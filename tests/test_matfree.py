@@ -67,9 +67,8 @@ def test_matrix_free_pullback_agrees_with_the_dense_one(c, opset, matrix_free):
 
     matrix_free(rule)
     inverse = rule._inverse(MAX_CONDITION)
-    assert isinstance(
-        inverse, matfree.LsqrInverse if rule.structured() is None else matfree.CoIsometry
-    )
+    structured = rule.structured(MAX_CONDITION)
+    assert (structured is None) == isinstance(inverse, matfree.LsqrInverse)
     fam = rule.family(y64, MAX_CONDITION)
     scale = max(1.0, np.abs(y64).max())
     assert rule.onto(MAX_CONDITION) == dense_onto
@@ -129,6 +128,28 @@ def test_a_layer_whose_outputs_see_only_padding_is_not_onto(matrix_free):
     assert fam.free == matfree.null_budget(3 * 36)  # 3 → 2 channels: a null direction per pixel
     y[:, 0] += 1.0  # a border output the layer cannot produce
     assert rule.family(y.reshape(2, 2, 8, 8)).residual.min() > 0.9
+
+
+def test_a_one_by_one_conv_is_cut_exactly_like_the_dense_svd(matrix_free):
+    """A 1×1 conv whose channel matrix has singular values 1, 0.1 and 0.001: at the cut 100
+    the smallest is dropped, by the dense SVD and by the per-pixel channel SVD alike."""
+    rng = np.random.default_rng(6)
+    U, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    V, _ = np.linalg.qr(rng.normal(size=(5, 3)))
+    W = (U * [1.0, 0.1, 0.001]) @ V.T
+    node = helper.make_node("Conv", ["x", "W"], ["y"])
+    model = make_model([node], [value_info("x", ["N", 5, 4, 4])], [value_info("y", ["N", 3, 4, 4])],
+                       [const("W", W.reshape(3, 5, 1, 1))])  # fmt: skip
+    (rule,) = _rules(model)
+    y = ort_outputs(model, rng.normal(size=(2, 5, 4, 4))).astype(np.float64).reshape(2, 3, 4, 4)
+    dense, dense_onto = rule.family(y, 100.0), rule.onto(100.0)
+    matrix_free(rule)
+    assert isinstance(rule._inverse(100.0), matfree.PerPosition)
+    fam = rule.family(y, 100.0)
+    assert not dense_onto and not rule.onto(100.0)
+    np.testing.assert_allclose(fam.v0, dense.v0, atol=1e-12)
+    np.testing.assert_allclose(fam.residual, dense.residual, rtol=1e-9)
+    assert dense.residual.min() > 1e-6  # the cut direction is off the range, for both
 
 
 # ------------------------------------------------------------------------------ whole models

@@ -247,6 +247,7 @@ def _conv(w_shape, bias=True, **attrs):
 
 case("conv2d-1to4-channels-pad1", cnv.Conv, [1, 5, 5], _conv((4, 1, 3, 3), pads=[1, 1, 1, 1]))
 case("conv2d-2to8-channels-pad1", cnv.Conv, [2, 6, 6], _conv((8, 2, 3, 3), pads=[1, 1, 1, 1]))
+case("conv2d-1x1-groups", cnv.Conv, [6, 3, 4], _conv((4, 3, 1, 1), group=2), extra={"null": 24})
 case(
     "conv2d-groups-stride-dilation",
     cnv.Conv,

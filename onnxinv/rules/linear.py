@@ -115,8 +115,9 @@ class _OnBasis(_DenseRule):
         """The constant part, flat (output_size,)."""
         return np.zeros(self.ctx.output_size)
 
-    def structured(self) -> LinearInverse | None:
-        """An exact inverse that needs no iterations (a selection, disjoint means), or None."""
+    def structured(self, max_condition: float) -> LinearInverse | None:
+        """An exact inverse that needs no iterations (a selection, disjoint means, a 1×1
+        convolution), or None."""
         return None
 
     def matrix(self):
@@ -132,7 +133,7 @@ class _OnBasis(_DenseRule):
     def implicit(self, max_condition: float) -> LinearInverse:
         from .matfree import LsqrInverse
 
-        found = self.structured()
+        found = self.structured(max_condition)
         if found is not None:
             return found
         ctx = self.ctx

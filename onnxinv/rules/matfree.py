@@ -9,7 +9,10 @@ convolution):
   ``scipy.sparse.linalg.lsqr`` on a ``LinearOperator`` (started from 0, its iterates stay in
   the row space, so it converges to ``A⁺ y``); one solve per distinct row;
 * :class:`CoIsometry` – maps with ``A Aᵀ A = s·A`` (selections, crops and pads copy values;
-  means over disjoint windows average them): ``A⁺ = Aᵀ / s``, exact and as cheap as a forward.
+  means over disjoint windows average them): ``A⁺ = Aᵀ / s``, exact and as cheap as a forward;
+* :class:`PerPosition` – one small matrix applied at every position (a 1×1 convolution): its
+  SVD is the map's, so the pseudo-inverse and the cut at ``max_condition`` are exactly the
+  dense path's.
 
 The null space cannot be held as a basis (a 2×2 average pool of a 128×56×56 tensor has 3·10⁵
 null directions), so at most :data:`NULL_DIRECTIONS` of them are *sampled*: random vectors
@@ -34,7 +37,7 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator, lsqr
 
 from . import linalg
-from .linalg import LinearInverse
+from .linalg import DenseAffine, LinearInverse
 
 Linear = Callable[[np.ndarray], np.ndarray]  # rows (B, n) -> rows (B, m)
 
@@ -157,6 +160,30 @@ class CoIsometry(_Operator):
 
     def pinv(self, Y: np.ndarray) -> np.ndarray:
         return self.adjoint(Y) / self.scale
+
+
+class PerPosition(_Operator):
+    """``M`` (C_out, C_in) applied at each of ``positions`` positions of (C, positions) values."""
+
+    def __init__(self, M: np.ndarray, positions: int, c: np.ndarray | None, max_condition: float):
+        self.channels = DenseAffine(M, None, max_condition)
+        self.positions = positions
+        m, n = M.shape
+        super().__init__(n * positions, m * positions, c, self._mix(M), self._mix(M.T))
+
+    @staticmethod
+    def _mix(M: np.ndarray) -> Linear:
+        return lambda X: (M @ X.reshape(len(X), M.shape[1], -1)).reshape(len(X), -1)
+
+    @property
+    def onto(self) -> bool:
+        return self.channels.onto
+
+    def pinv(self, Y: np.ndarray) -> np.ndarray:
+        b, m = len(Y), self.channels.m
+        pixels = Y.reshape(b, m, -1).transpose(0, 2, 1).reshape(-1, m)  # (B · positions, C_out)
+        x = self.channels.pinv(pixels).reshape(b, self.positions, -1)
+        return x.transpose(0, 2, 1).reshape(b, -1)
 
 
 def coordinate_directions(n: int, free: np.ndarray) -> np.ndarray:

@@ -94,7 +94,7 @@ class Selection(_OnBasis):
         source, const = self._map
         return np.where(source < 0, const, 0.0).ravel()
 
-    def structured(self) -> CoIsometry:
+    def structured(self, max_condition: float) -> CoIsometry:
         ctx = self.ctx
         live, src = self._flat
         dropped = np.setdiff1d(np.arange(ctx.input_size), src)

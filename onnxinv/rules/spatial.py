@@ -19,7 +19,7 @@ import numpy as np
 from .base import NodeContext, RuleNotApplicable
 from .convops import correlate, correlate_transpose, crop, scatter_windows, windows
 from .linear import _OnBasis
-from .matfree import CoIsometry
+from .matfree import CoIsometry, PerPosition
 from .select import Selection
 
 
@@ -117,6 +117,18 @@ class Conv(_Convolution):
     def _apply(self, x, W):
         """The convolution without bias of ``x`` (B, C, *spatial), in float64."""
         return correlate(x, W, self.strides, self.dilations, *self.pads, self.group)
+
+    def structured(self, max_condition):
+        """A 1×1 kernel with stride 1 and no padding mixes channels pixel by pixel."""
+        W, g = self.W, self.group
+        if any(k != 1 for k in W.shape[2:]) or set(self.strides) != {1} or any(map(any, self.pads)):
+            return None
+        out, per = W.shape[0] // g, W.shape[1]
+        M = np.zeros((W.shape[0], per * g))  # block diagonal over the groups
+        for k in range(g):
+            rows = slice(k * out, (k + 1) * out)
+            M[rows, k * per : (k + 1) * per] = W[rows].reshape(out, per)
+        return PerPosition(M, int(np.prod(self.ctx.input_shape[1:])), self.offset(), max_condition)
 
     def adjoint(self, y):
         """The transposed convolution: what LSQR needs besides the forward."""
@@ -242,7 +254,7 @@ class AveragePool(_Mean):
         cols = np.broadcast_to(share, (*y.shape, *kernel))
         return scatter_windows(cols, strides, dilations, begin, self.ctx.input_shape[1:])
 
-    def structured(self):
+    def structured(self, max_condition):
         """Disjoint, whole windows (stride ≥ window, no padding): ``A Aᵀ = I / K``."""
         dilations, span, strides, begin, end = self._geometry
         if any(begin) or any(end) or any(s < k for s, k in zip(strides, span, strict=True)):
@@ -272,7 +284,7 @@ class GlobalAveragePool(_Mean):
     def adjoint(self, y: np.ndarray) -> np.ndarray:
         return np.broadcast_to(y / self._area, (len(y), *self.ctx.input_shape)).copy()
 
-    def structured(self):
+    def structured(self, max_condition):
         return self._co_isometry(1.0 / self._area)
 
 
