@@ -161,9 +161,10 @@ class ConvTranspose(_Convolution):
 
     @cached_property
     def begin(self) -> list[int]:
-        """Pixels cropped before each spatial axis, as the ONNX spec (and onnxruntime ≥ 1.14)
-        computes them: with ``output_shape`` or SAME padding, the total is what the output
-        leaves out, its smaller half in front for SAME_UPPER, its larger half otherwise."""
+        """Pixels cropped before each spatial axis, as the ONNX spec and onnxruntime 1.32 (the
+        tested version; older kernels split odd totals the other way) compute them: with
+        ``output_shape`` or SAME padding, the total is what the output leaves out, its smaller
+        half in front for SAME_UPPER, its larger half otherwise."""
         auto = _auto_pad(self.ctx)
         if self.ctx.attr("output_shape", None) or auto in ("SAME_UPPER", "SAME_LOWER"):
             out = self.ctx.output_shape[1:]
