@@ -538,6 +538,7 @@ for _shape in ([5], [2, 3]):
     _tag = "x".join(map(str, _shape))
     case(f"relu-{_tag}", pw.Relu, _shape, _plain("Relu"), extra={"bad": [-0.1, -10.0]})
     case(f"sign-{_tag}", pw.Sign, _shape, _plain("Sign"), extra={"bad": [0.5, 2.0, -1e-3]})
+    case(f"abs-{_tag}", pw.Abs, _shape, _plain("Abs"), extra={"bad": [-0.1, -10.0]})
 case("shrink-default", pw.Shrink, [5], _plain("Shrink"), extra={"bad": [0.3, -0.5, 1e-3]})
 case("shrink-bias-eq-lambd", pw.Shrink, [2, 3], _plain("Shrink", bias=1.5, lambd=1.5))
 case(

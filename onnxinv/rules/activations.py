@@ -113,6 +113,9 @@ class LeakyRelu(ElementwiseRule):
         pos = x >= 0
         return np.where(pos, x, self.alpha * x), np.where(pos, 1.0, self.alpha)
 
+    def breakpoints(self):
+        return np.zeros(1)
+
 
 class PRelu(ElementwiseRule):
     """PRelu with a constant, positive slope: y = x (x ≥ 0), slope·x otherwise."""
@@ -141,6 +144,9 @@ class PRelu(ElementwiseRule):
         flat = x.reshape(len(x), -1)
         slope = np.where(flat >= 0, 1.0, self.slope)
         return (slope * flat).reshape(x.shape), slope.reshape(x.shape)
+
+    def breakpoints(self):
+        return np.zeros(1)
 
 
 class Sigmoid(ElementwiseRule):
@@ -234,6 +240,10 @@ class HardSigmoid(ElementwiseRule):
         t = a * x + b
         return np.clip(t, 0, 1), np.where((t > 0) & (t < 1), a, 0.0)
 
+    def breakpoints(self):
+        a, b = self.ab
+        return np.array([-b / a, (1 - b) / a])
+
 
 class Clip(ElementwiseRule):
     """Clip inside its linear range: the identity for values strictly between min and max."""
@@ -274,6 +284,9 @@ class Clip(ElementwiseRule):
     def forward_with_slope(self, x):
         lo, hi = self.bounds
         return np.clip(x, lo, hi), np.where((x > lo) & (x < hi), 1.0, 0.0)
+
+    def breakpoints(self):
+        return np.array([b for b in self.bounds if np.isfinite(b)])
 
 
 RULES = (Selu, Elu, LeakyRelu, PRelu, Sigmoid, Tanh, Softplus, HardSigmoid, Clip)

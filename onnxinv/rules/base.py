@@ -289,6 +289,21 @@ class PointRule(InverseRule):
         """Flat outputs (B, m) and, per output, the flat index of the input it copies (B, m)."""
         raise NotImplementedError(f"{self.op_type} does not select inputs")
 
+    def windows(self) -> np.ndarray:
+        """For a :meth:`selective` rule, (m, K): the flat inputs each output is the maximum
+        of, ``-1`` where a window has fewer (the exact solver encodes the maximum with them)."""
+        raise NotImplementedError(f"{self.op_type} does not select inputs")
+
+    def breakpoints(self) -> np.ndarray | None:
+        """Where an elementwise, continuous, piecewise-linear rule changes slope, or None.
+
+        Sorted, shape (k,) for every value or (n, k) per flat value (``nan`` pads a row with
+        fewer). With them and :meth:`forward` the exact solver writes the rule's graph as a
+        mixed-integer program (one binary per linear piece a value may be on) and inverts it
+        as a set; None means the rule is not piecewise linear.
+        """
+        return None
+
     def forward_with_slope(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(f(x), f'(x))`` for rules with a :meth:`smooth_inverse` (the chain pass's Jacobian).
 

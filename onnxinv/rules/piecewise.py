@@ -68,6 +68,9 @@ class Relu(PointRule):
     def forward_with_slope(self, x):
         return np.maximum(x, 0.0), (x > 0).astype(np.float64)
 
+    def breakpoints(self):
+        return np.zeros(1)
+
     def nearest(self, y):
         return np.maximum(np.nan_to_num(_rows(y), nan=0.0), 0.0)
 
@@ -81,6 +84,35 @@ class Relu(PointRule):
         self.check_domain(y)
         x = np.where(y == 0, -_step(rng, y.shape, _scale(y), std), y)
         return Family.point(x)
+
+
+class Abs(Relu):
+    """Abs: y = |x|; each nonzero output comes from ±y (sign drawn at random), output ≥ 0.
+
+    Shares ReLU's domain, deterministic preimage (x = y) and breakpoint (0).
+    """
+
+    op_type = "Abs"
+    versions = (1, 6, 13)
+
+    def forward(self, x):
+        return np.abs(x)
+
+    def forward_interval(self, lo, hi):
+        straddle = (lo < 0) & (hi > 0)
+        low = np.where(straddle, 0.0, np.minimum(np.abs(lo), np.abs(hi)))
+        return low, np.maximum(np.abs(lo), np.abs(hi))
+
+    def forward_with_slope(self, x):
+        return np.abs(x), np.sign(x)
+
+    def nearest(self, y):
+        return np.abs(np.nan_to_num(_rows(y), nan=0.0))
+
+    def sample_preimage(self, y: np.ndarray, rng: np.random.Generator, std: float) -> Family:
+        y = _rows(y)
+        self.check_domain(y)
+        return Family.point(np.where(rng.random(y.shape) < 0.5, -y, y))
 
 
 class Sign(PointRule):
@@ -242,6 +274,11 @@ class MaxPool(PointRule):
 
     def selective(self) -> bool:
         return True
+
+    def windows(self) -> np.ndarray:
+        offsets = np.arange(self.lead)[:, None, None] * self.n_in
+        w = np.where(self.table < self.n_in, self.table[None] + offsets, -1)  # (lead, K, n_out)
+        return w.transpose(0, 2, 1).reshape(self.lead * self.n_out, -1)
 
     def forward_with_selection(self, x):
         b = len(x)
@@ -427,6 +464,19 @@ class _Extremum(PointRule):
         y = s * np.maximum(s * np.asarray(x, dtype=np.float64).reshape(b, -1), self.c)
         return y.reshape((b, *self.ctx.output_shape))
 
+    def differentiable(self) -> bool:
+        return True
+
+    def forward_with_slope(self, x):
+        s, b = self.sign, len(x)
+        flat = s * np.asarray(x, dtype=np.float64).reshape(b, -1)
+        y = (s * np.maximum(flat, self.c)).reshape((b, *self.ctx.output_shape))
+        return y, (flat > self.c).astype(np.float64).reshape(y.shape)
+
+    def breakpoints(self):
+        c = self.sign * self.c
+        return np.where(np.isfinite(c), c, np.nan)[:, None]
+
     def forward_interval(self, lo, hi):
         # Both are increasing: interval ends map to interval ends.
         s = self.sign
@@ -475,4 +525,4 @@ class Min(_Extremum):
     sign = -1.0
 
 
-RULES = (Relu, Sign, Shrink, MaxPool, Max, Min)
+RULES = (Relu, Abs, Sign, Shrink, MaxPool, Max, Min)
