@@ -137,7 +137,25 @@ def invert(
     timed_out = deadline is not None and time.monotonic() > deadline
     timings = {"load": t1 - t0, "convert": t2 - t1, "solve": time.perf_counter() - t2}
     timings["total"] = time.perf_counter() - t0  # each sample is verified as it is solved
-    return _checked(_result(problem, tgt, check, outcome, timings), timed_out)
+    result = _result(problem, tgt, check, outcome, timings)
+    if result.n_verified or timed_out:
+        return _checked(result, timed_out)
+    set_phase("while deciding whether the target is reachable")
+    decision = _decide(problem)
+    if decision is not None and decision.status == "unreachable":
+        raise UnreachableTargetError(decision.message, result=result, proven=True)
+    return _checked(result, timed_out, None if decision is None else decision.message)
+
+
+def _decide(problem: ModelProblem):
+    """For a piecewise-linear chain in a box, the exact solver's decision (reachable, proven
+    unreachable or unknown within --milp-time-limit); None where it does not apply."""
+    from .exact import exact_for
+
+    if problem.bounds is None or problem.expired():
+        return None
+    exact = exact_for(problem)
+    return None if exact is None else exact.decide()
 
 
 invert.__doc__ += "\n    Options:\n" + describe_options(" " * 8) + "\n"
@@ -201,8 +219,9 @@ def _result(problem: ModelProblem, tgt: Target, check: Verification, out: Outcom
     )
 
 
-def _checked(result: InversionResult, timed_out: bool) -> InversionResult:
-    """``result``, noting a time-out; :class:`UnreachableTargetError` when none verified."""
+def _checked(result: InversionResult, timed_out: bool, decided: str | None = None):
+    """``result``, noting a time-out; :class:`UnreachableTargetError` when none verified
+    (``decided``: what the exact solver found out about the target, for the message)."""
     timeout, n, tol = result.settings["timeout"], len(result), result.settings["tolerance"]
     if timed_out and not result.all_verified:
         result.notes.append(
@@ -222,6 +241,11 @@ def _checked(result: InversionResult, timed_out: bool) -> InversionResult:
             f"error {best:.3g}; not proven unreachable either); try more --max-iter/--restarts, "
             "wider --bounds, or a larger tolerance"
         )
+        if decided is not None:
+            message = (
+                f"target not reached: none of {n} samples reached tolerance {tol:g} (best max "
+                f"error {best:.3g}); {decided}"
+            )
     raise UnreachableTargetError(message, result=result, best_error=best)
 
 

@@ -98,16 +98,18 @@ def _joint(last, p: np.ndarray, t: float, lo, hi, where: str, box: str) -> str |
     )
 
 
-def certify(problem) -> str | None:
-    """A one-line proof that ``problem``'s target is out of reach in its bounds, or None."""
-    if problem.bounds is None:
-        return None
+def proof_chain(problem, select: bool = False) -> list | None:
+    """The chain's ops below its top when the whole model is one chain ending in an affine map
+    under a Softmax or LogSoftmax (a distribution target) or nothing (the logits, or a values
+    target), with max pools only if ``select``; else None."""
     part, obj = problem.partition, problem.objective
     found = problem.chain
     if len(part.blocks) != 1 or found is None:
         return None
     ops, top = found
-    if not ops or not isinstance(ops[-1], _Affine) or any(isinstance(o, _Select) for o in ops):
+    if not ops or not isinstance(ops[-1], _Affine):
+        return None
+    if not select and any(isinstance(o, _Select) for o in ops):
         return None  # (a max pool is not elementwise: no per-neuron relaxation for it)
     tops = {s.rule.op_type for s in top}
     if obj.kind == "distribution" and not (tops <= {"Softmax", "LogSoftmax"}):
@@ -116,6 +118,18 @@ def certify(problem) -> str | None:
         return None
     if obj.kind == "values" and top:
         return None
+    return ops
+
+
+def certify(problem) -> str | None:
+    """A one-line proof that ``problem``'s target is out of reach in its bounds, or None."""
+    if problem.bounds is None:
+        return None
+    ops = proof_chain(problem)
+    if ops is None:
+        return None
+    part, obj = problem.partition, problem.objective
+    top = problem.chain[1]
     n = problem.n
     lo, hi = np.full(n, float(problem.bounds[0])), np.full(n, float(problem.bounds[1]))
     box_lo, box_hi = lo.copy(), hi.copy()

@@ -44,7 +44,7 @@ def option(
         multiple: the flag is repeatable and gives a tuple.
         metavar: how the value is shown in ``--help``.
         cli: False for API-only settings.
-        group: which part of onnxinv reads it (``run``, ``model``, ``lm``, ``backward``,
+        group: which part of onnxinv reads it (``run``, ``model``, ``lm``, ``backward``, ``exact``,
             ``gd``), for documentation.
     """
     meta = {
@@ -245,6 +245,10 @@ class Settings:
     std: float = option(
         0.1, "Backward pass: random null-space vector norm relative to the particular solution.",
         check=non_negative_number, group="backward",
+    )  # fmt: skip
+    milp_time_limit: float = option(
+        60.0, "Exact solver and proofs: seconds each mixed-integer program may take ('unknown' past it).",
+        check=positive_number, group="exact",
     )  # fmt: skip
     gd_lr: float = option(0.01, "Gradient descent (gd): Adam's learning rate.",
                           check=positive_number, group="gd")  # fmt: skip

@@ -337,5 +337,7 @@ def test_whole_model_solver_after_the_deadline_returns_random_starts_flagged(met
 class TestEveryMethod(AllSuites):
     """Every registered method on the whole model (backward's own suites among them)."""
 
-    methods = default_solvers().names()
+    # (exact writes piecewise-linear chains only, and these suites' nets are smooth: it refuses
+    # them in one line; tests/test_exact.py runs it on ReLU and max-pool nets.)
+    methods = tuple(m for m in default_solvers().names() if m != "exact")
     expected_failures = GD_FAILURES

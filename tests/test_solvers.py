@@ -116,7 +116,7 @@ def test_a_registered_solver_runs_through_the_cli(toy, tmp_path):
 def test_unregistered_method_is_refused_in_one_line():
     with pytest.raises(OptionError) as info:
         invert(MODEL, {"class": 0, "confidence": 0.5}, method="toy-newton")
-    assert "auto, backward, forward, gd" in one_line(info.value)
+    assert "auto, backward, forward, exact, gd" in one_line(info.value)
 
 
 def test_solver_plugins_load_through_the_entry_point(monkeypatch):
@@ -130,7 +130,7 @@ def test_solver_plugins_load_through_the_entry_point(monkeypatch):
     monkeypatch.delenv(plugins.DISABLE_ENV, raising=False)
     reg = load_solver_plugins(SolverRegistry())
     # The built-ins come first even without their own entry point; the broken plugin is noted.
-    assert reg.names()[:4] == ("auto", "backward", "forward", "gd")
+    assert reg.names()[:5] == ("auto", "backward", "forward", "exact", "gd")
     assert "toy-newton" in reg.names()
     assert reg.plugins["toy"] == "loaded" and reg.plugins["broken"].startswith("failed")
     off = load_solver_plugins(SolverRegistry(), disabled=["toy"])
@@ -157,7 +157,7 @@ def test_methods_lists_the_built_ins():
     res = CliRunner().invoke(main, ["methods"])
     assert res.exit_code == 0
     names = [line.split()[0] for line in res.stdout.splitlines()]
-    assert names[:4] == ["auto", "backward", "forward", "gd"]
+    assert names[:5] == ["auto", "backward", "forward", "exact", "gd"]
 
 
 # ------------------------------------------------------------------------------------- settings

@@ -7,7 +7,10 @@ previous ones left unverified:
 2. **polish**: one LM attempt (no restarts) from the backward pass's point, clipped into the
    bounds (:class:`ForwardSolver` with starting points);
 3. **restart**: the forward pass from fresh random starts for what polish did not solve,
-   keeping whichever of the two ended with the smaller error.
+   keeping whichever of the two ended with the smaller error;
+4. **exact**: for a piecewise-linear chain in a box (ReLU, max pools...), the exact solver's
+   samples (activation patterns by mixed-integer programs, hit-and-run inside them) replace
+   what is still unverified; when its program is infeasible the API reports the proof.
 
 On a large run auto also checks that this route pays: the backward route is timed on a pilot
 of one chunk (``--chunk-size`` samples, the size every later batch has, after one chunk of
@@ -26,12 +29,14 @@ the whole model), the forward pass solves the whole model instead, with a note.
 from __future__ import annotations
 
 import time
+from functools import cached_property
 
 import numpy as np
 
 from ..errors import MemoryBudgetError
 from .backward import BackwardSolver
 from .base import Outcome, Solver
+from .exact import ExactSolver
 from .forward import ForwardSolver, concatenate
 
 PILOTS = 8  # a run of at least this many chunks times both routes (two chunks each)
@@ -118,7 +123,32 @@ class AutoSolver(Solver):
         if pending.size:
             self._polish(out, pending, rng)
             check.replace(pending, self.problem.verify(out.x[pending]))
+            pending = np.flatnonzero(~check.verified)
+        if pending.size and self.exact is not None:
+            self._exact(out, pending, rng)
         return out
+
+    @cached_property
+    def exact(self) -> ExactSolver | None:
+        """Stage 4, for piecewise-linear chains in a box (None elsewhere)."""
+        from ..exact import exact_for
+
+        return ExactSolver(self.problem) if exact_for(self.problem) is not None else None
+
+    def _exact(self, out: Outcome, idx: np.ndarray, rng) -> None:
+        """Stage 4 on samples ``idx``: the exact solver's samples replace them where verified."""
+        if self.problem.expired():
+            return
+        fresh = self.exact.solve(len(idx), rng)
+        check = self.problem.verify(fresh.x)
+        good = check.verified
+        out.x[idx[good]] = fresh.x[good]
+        out.error[idx[good]] = check.errors[good]
+        out.notes.extend(fresh.notes)
+        for i in idx[good]:
+            out.paths[i] = "exact"
+        if good.any():
+            out.verification.replace(idx[good], check.subset(good))
 
     def _polish(self, out: Outcome, idx: np.ndarray, rng) -> None:
         """Stages 2 and 3 on samples ``idx`` of ``out``, in place."""

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 
 def register(registry) -> None:
-    """Register auto, backward, forward and gd (in the order ``onnxinv methods`` lists them)."""
+    """Register auto, backward, forward, exact and gd (in the order ``onnxinv methods`` lists
+    them)."""
     from .auto import AutoSolver
     from .backward import BackwardSolver
+    from .exact import ExactSolver
     from .forward import ForwardSolver
     from .gd import GradientDescentSolver
 
-    for solver in (AutoSolver, BackwardSolver, ForwardSolver, GradientDescentSolver):
+    for solver in (AutoSolver, BackwardSolver, ForwardSolver, ExactSolver, GradientDescentSolver):
         registry.register(solver)

@@ -1,0 +1,196 @@
+"""Piecewise-linear chains inverted as sets: a mixed-integer program decides, a walk samples.
+
+A chain of affine maps, piecewise-linear activations (ReLU, LeakyReLU, PReLU, Clip, HardSigmoid,
+Abs, Max/Min with constants) and max pools maps the input box onto a union of polyhedra, one
+per activation pattern. :class:`Exact` writes the chain as one mixed-integer linear program
+(:mod:`.program`, solved by scipy's ``milp``, i.e. HiGHS) and
+
+* **decides** the target: infeasible with the conditions every output within the tolerance
+  meets means proven unreachable within the bounds; feasible gives a witness pattern; a time
+  limit (``--milp-time-limit``) gives "unknown", never "unreachable";
+* **samples** it: random objectives over the input give different patterns (different
+  vertices of the union), and a hit-and-run walk inside each pattern's polytope, restricted to
+  the slice that meets the request exactly (:mod:`.polytope`), turns each into many inputs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import OptionError
+from ..solvers.chain import _Activation, _Affine
+from .polytope import centre, hit_and_run, nearest, null_space, pattern_polytope
+from .program import TopRegion, tightened
+
+__all__ = ["Decision", "Exact", "exact_for"]
+
+MAX_VALUES = 20_000  # affine outputs a chain may have for the program to be written
+TIGHTEN = 0.25  # share of --milp-time-limit spent tightening bounds by linear programs
+WITNESS = 0.05  # share of it each further pattern's program may take (its best point so far)
+
+
+@dataclass
+class Decision:
+    """Whether the target is reachable in the box: ``status`` is ``"reachable"``,
+    ``"unreachable"`` (proven) or ``"unknown"``; ``message`` says so in one line."""
+
+    status: str
+    message: str
+    witness: np.ndarray | None = None
+    seconds: float = 0.0
+
+
+class NotPiecewise(OptionError):
+    """The model is not a piecewise-linear chain the exact solver can write as a program."""
+
+
+def piecewise_chain(problem) -> tuple[list, TopRegion]:
+    """The problem's chain and top region, or :class:`NotPiecewise` naming why not."""
+    from ..certify import proof_chain
+
+    if problem.bounds is None:
+        raise NotPiecewise("the exact solver needs --bounds (a box for the input)")
+    found = proof_chain(problem, select=True)
+    if found is None:
+        raise NotPiecewise(
+            "the exact solver needs one chain of affine maps and piecewise-linear activations "
+            "under a Softmax, LogSoftmax or the logits (see `onnxinv inspect`)"
+        )
+    ops = found
+    width = sum(op.M.shape[0] for op in ops if isinstance(op, _Affine))
+    if width > MAX_VALUES:
+        raise NotPiecewise(f"the chain has {width} values, more than the exact solver writes")
+    smooth = [
+        op.rule.op_type
+        for op in ops
+        if isinstance(op, _Activation) and op.rule.breakpoints() is None
+    ]
+    if smooth:
+        raise NotPiecewise(f"{smooth[0]} is not piecewise linear: the exact solver cannot write it")
+    region = TopRegion.for_objective(problem.objective)
+    if region is None:
+        raise NotPiecewise("the target pins no output beyond its tolerance")
+    return ops, region
+
+
+def exact_for(problem) -> Exact | None:
+    """The problem's :class:`Exact` analysis (built once), or None where it does not apply."""
+    cache = problem.__dict__
+    if "_exact" not in cache:
+        try:
+            cache["_exact"] = Exact(problem)
+        except NotPiecewise:
+            cache["_exact"] = None
+    return cache["_exact"]
+
+
+class Exact:
+    """One model's chain as a program, with the decision and the samplers built on it."""
+
+    def __init__(self, problem):
+        self.problem = problem
+        self.ops, self.region = piecewise_chain(problem)
+        self.decision: Decision | None = None
+        t = time.perf_counter()
+        self.program, self.proven = tightened(
+            self.ops, problem.n, problem.bounds, self.region, TIGHTEN * self._limit()
+        )
+        self.seconds = time.perf_counter() - t  # spent on programs so far
+
+    def _limit(self) -> float:
+        limit = self.problem.settings.milp_time_limit
+        if self.problem.deadline is not None:
+            limit = min(limit, self.problem.deadline - time.monotonic())
+        return limit
+
+    def _size(self) -> str:
+        p = self.program
+        return f"{p.unstable} undecided activations, {p.binaries} binaries"
+
+    def decide(self) -> Decision:
+        """Reachable (with a witness), proven unreachable, or unknown: computed once."""
+        if self.decision is not None:
+            return self.decision
+        lo, hi = self.problem.bounds
+        box = f"[{lo:g}, {hi:g}]"
+        if self.proven:
+            status, x, seconds = "infeasible", None, 0.0
+        else:
+            status, x, seconds = self.program.solve(None, time_limit=self._limit() - self.seconds)
+        self.seconds += seconds
+        seconds = self.seconds
+        how = f"mixed-integer program over every activation pattern (HiGHS; {self._size()}"
+        if status == "infeasible":
+            self.decision = Decision(
+                "unreachable",
+                f"target proven unreachable within the bounds {box}: the {how}) is infeasible "
+                f"(search complete, {seconds:.2g} s)",
+                seconds=seconds,
+            )
+        elif status == "feasible":
+            self.decision = Decision(
+                "reachable",
+                f"the target may be reachable within the bounds {box}: the {how}) found an "
+                f"input meeting its necessary conditions in {seconds:.2g} s (--method exact "
+                "samples such inputs)",
+                witness=x,
+                seconds=seconds,
+            )
+        else:
+            self.decision = Decision(
+                "unknown",
+                f"whether the target is reachable within the bounds {box} is unknown: the {how}"
+                f") stopped after {seconds:.2g} s, {status} (raise --milp-time-limit)",
+                seconds=seconds,
+            )
+        return self.decision
+
+    def witnesses(self, count: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """Up to ``count`` inputs meeting the top region's necessary conditions, each the
+        optimum of a random linear objective (so usually on different patterns); empty when
+        none exists. (The sampler then asks each pattern for the exact request.)"""
+        found = []
+        if self.decide().status == "reachable":
+            found.append(self.decision.witness)
+            for _ in range(count - 1):
+                if self._limit() <= 0:
+                    break
+                status, x, took = self.program.solve(
+                    rng.standard_normal(self.problem.n),
+                    time_limit=min(self._limit(), WITNESS * self.problem.settings.milp_time_limit),
+                )
+                self.seconds += took
+                if status != "feasible":
+                    break
+                found.append(x)
+        return found
+
+    def sample(self, witness: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+        """``k`` inputs on ``witness``'s pattern that meet the request exactly (hit-and-run
+        from the pattern polytope's deepest point on the slice); the witness alone, repeated,
+        when that slice is flat."""
+        n = self.problem.n
+        lo, hi = self.problem.bounds
+        P, q, A, a = pattern_polytope(self.ops, witness)
+        P = np.concatenate([P, np.eye(n), -np.eye(n)])
+        q = np.concatenate([q, np.full(n, hi), np.full(n, -lo)])
+        reg = self.region
+        G, off = reg.D @ A, reg.D @ a
+        if reg.loose is not None and reg.loose.any():  # below a cap, not at a value
+            P = np.concatenate([P, G[reg.loose]])
+            q = np.concatenate([q, reg.cap[reg.loose] - off[reg.loose]])
+            keep = ~reg.loose
+            G, off = G[keep], off[keep]
+            want = reg.want[keep]
+        else:
+            want = reg.want
+        N = null_space(G)
+        near = nearest(P, q, G, want - off)
+        start = witness if near is None else near
+        found = centre(P, q, G, G @ start, N)
+        if found is not None and found[1] > 1e-9 * max(1.0, hi - lo):
+            return np.clip(hit_and_run(P, q, N, found[0], k, rng), lo, hi)
+        return np.tile(start, (k, 1))

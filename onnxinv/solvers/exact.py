@@ -1,0 +1,60 @@
+"""``exact``: piecewise-linear networks inverted as sets (see :mod:`onnxinv.exact`).
+
+Each call finds up to ``PATTERNS`` activation patterns by mixed-integer programs with random
+objectives and spreads the samples over them by hit-and-run. When the program is infeasible
+the samples are left unsolved and the decision (a proof) is in the notes; the API turns it
+into a proven-unreachable error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import OptionError
+from .base import Outcome, Solver
+
+PATTERNS = 8  # activation patterns (programs solved) per call, at most one per sample
+
+
+class ExactSolver(Solver):
+    """MILP over activation patterns, then hit-and-run inside each pattern's polytope."""
+
+    name = "exact"
+    summary = (
+        "Piecewise-linear nets (ReLU, MaxPool, ...) in a box: patterns by mixed-integer "
+        "programs (HiGHS), samples by hit-and-run; proves unreachability."
+    )
+    whole_model = True
+
+    def prepare(self) -> None:
+        from ..exact import Exact, NotPiecewise
+
+        try:
+            self.exact = self.problem.__dict__.get("_exact") or Exact(self.problem)
+        except NotPiecewise as exc:
+            raise OptionError(f"method 'exact' does not apply: {exc}") from None
+        self.problem.__dict__["_exact"] = self.exact
+
+    def solve(self, k, rng, x0=None, on_progress=None) -> Outcome:
+        if not hasattr(self, "exact"):
+            self.prepare()
+        witnesses = self.exact.witnesses(min(k, PATTERNS), rng)
+        notes = []
+        if not witnesses:
+            lo, hi = self.problem.bounds
+            decision = self.exact.decide()
+            x = rng.uniform(lo, hi, size=(k, self.problem.n))
+            return Outcome(x, np.full(k, np.nan), np.zeros(k, dtype=np.int64),
+                           ["exact (no input found)"] * k, notes=[decision.message])  # fmt: skip
+        share = np.diff(np.linspace(0, k, len(witnesses) + 1).round().astype(int))
+        parts = [self.exact.sample(w, m, rng) for w, m in zip(witnesses, share, strict=True) if m]
+        x = np.concatenate(parts)
+        notes.append(
+            f"exact: {len(witnesses)} activation pattern(s) found by mixed-integer programs "
+            f"(HiGHS; {self.exact._size()}; {self.exact.seconds:.2g} s), samples by hit-and-run "
+            "inside each pattern's polytope"
+        )
+        if on_progress is not None:
+            on_progress(k)
+        return Outcome(x, np.full(k, np.nan), np.zeros(k, dtype=np.int64), ["exact"] * k,
+                       notes=notes)  # fmt: skip
