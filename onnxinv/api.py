@@ -216,6 +216,7 @@ def _result(problem: ModelProblem, tgt: Target, check: Verification, out: Outcom
         timings=timings,
         notes=notes,
         probabilities=obj.probabilities(check.outputs),
+        prior_distance=InversionResult.distances(check.inputs, s.prior),
     )
 
 

@@ -35,6 +35,8 @@ class InversionResult:
         model: facts about the model (name, input, output, output space, Jacobian source).
         timings: seconds spent per phase.
         notes: things the user should know (fallbacks taken, time-outs).
+        probabilities: per-sample class probabilities, for distribution targets.
+        prior_distance: (N,) each sample's Euclidean distance to ``--prior``, if one was given.
     """
 
     inputs: np.ndarray
@@ -52,6 +54,15 @@ class InversionResult:
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     probabilities: np.ndarray | None = None
+    prior_distance: np.ndarray | None = None
+
+    @classmethod
+    def distances(cls, inputs: np.ndarray, prior: np.ndarray | None) -> np.ndarray | None:
+        """(N,) Euclidean distance of each input to the prior (None without one)."""
+        if prior is None:
+            return None
+        x = np.asarray(inputs, dtype=np.float64).reshape(len(inputs), -1)
+        return np.linalg.norm(x - prior[None], axis=1)
 
     @property
     def n_verified(self) -> int:
@@ -109,7 +120,12 @@ class InversionResult:
             if self.probabilities is not None:
                 c = int(self.probabilities[i].argmax())
                 row.update(top_class=c, top_probability=float(self.probabilities[i, c]))
+            if self.prior_distance is not None:
+                row["distance_to_prior"] = float(self.prior_distance[i])
             per_sample.append(row)
+        near = None
+        if self.prior_distance is not None and self.n_verified:
+            near = float(np.mean(self.prior_distance[self.verified]))
         return {
             "target": self.target.to_dict(),
             "target_output": self.target_array.ravel().tolist(),
@@ -122,6 +138,7 @@ class InversionResult:
                 "max_error": float(np.max(self.errors)) if len(self) else None,
                 "mean_iterations": float(np.mean(self.iterations)) if len(self) else None,
                 **self.spread(),
+                **({} if self.prior_distance is None else {"mean_distance_to_prior": near}),
             },
             "timings": {k: round(v, 6) for k, v in self.timings.items()},
             "notes": self.notes,

@@ -177,6 +177,25 @@ def method_name(name: str, value: Any) -> str:
     return value
 
 
+def prior_array(name: str, value: Any) -> np.ndarray | None:
+    """None, an array, or a path to a .npy file: one reference input (flattened, float64)."""
+    if value is None:
+        return None
+    if isinstance(value, str | bytes) or hasattr(value, "__fspath__"):
+        try:
+            value = np.load(value, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise OptionError(f"{name}: cannot read {value!r} as a .npy array ({exc})") from None
+    try:
+        arr = np.asarray(value, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        raise OptionError(f"{name} must be an array of numbers") from None
+    if arr.size == 0 or not np.isfinite(arr).all():
+        raise OptionError(f"{name} must be a non-empty array of finite numbers")
+    arr.setflags(write=False)
+    return arr
+
+
 def device_name(name: str, value: Any) -> str:
     if value not in ("cpu", "cuda"):
         raise OptionError(f"{name} must be 'cpu' or 'cuda', not {value!r}")
@@ -231,6 +250,10 @@ class Settings:
     input_shape: tuple[int, ...] | None = option(
         None, "The inverted input's full shape where the model leaves it open, e.g. 1,3,224,224.",
         check=lambda name, v: parse_shape(v, name), cli_type=str, group="model",
+    )  # fmt: skip
+    prior: np.ndarray | None = option(
+        None, "A reference input (.npy; API: an array): return the preimages nearest it.",
+        check=prior_array, cli_type=str, metavar="FILE.npy",
     )  # fmt: skip
     max_iter: int = option(30, "Levenberg–Marquardt iterations per attempt.",
                            check=positive_int, group="lm")  # fmt: skip
@@ -303,6 +326,8 @@ class Settings:
                     k: {"shape": list(np.shape(v)), "dtype": str(np.asarray(v).dtype)}
                     for k, v in (value or {}).items()
                 }
+            elif name == "prior" and value is not None:
+                value = {"size": int(value.size), "norm": float(np.linalg.norm(value))}
             elif isinstance(value, tuple):
                 value = list(value)
             out[name] = value

@@ -246,3 +246,26 @@ def test_auto_hands_what_the_other_stages_left_to_the_exact_solver(monkeypatch):
     res = onnxinv.invert(model, {"distribution": p}, method="auto", bounds=BOX, samples=8)
     assert_solved(model, res, np.array(p), "probabilities", bounds=BOX, n=8)
     assert set(res.methods) == {"exact"}
+
+
+# ----------------------------------------------------------------------------------- a prior
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_with_a_prior_exact_returns_preimages_next_to_its_projection(seed):
+    """x is a preimage at distance |x − prior|; the L1 projection onto the set is no farther,
+    and the samples spread a little around it (distinct, all verified)."""
+    model = mlp([6, 8, 6, 3])
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.2, 0.8, 6)
+    p = ort_outputs(model, x[None])[0].astype(np.float64)
+    p = (p / p.sum()).tolist()
+    prior = np.clip(x + rng.normal(0, 0.15, 6), 0, 1)
+    res = onnxinv.invert(model, {"distribution": p}, method="exact", bounds=BOX, samples=8,
+                         prior=prior, seed=seed)  # fmt: skip
+    assert_solved(model, res, np.array(p), "probabilities", bounds=BOX, n=8)
+    assert res.prior_distance.min() <= np.linalg.norm(x - prior) + 1e-6
+    plain = onnxinv.invert(model, {"distribution": p}, method="exact", bounds=BOX, samples=8,
+                           seed=seed)  # fmt: skip
+    far = np.linalg.norm(plain.inputs.astype(np.float64) - prior, axis=1).mean()
+    assert res.prior_distance.mean() < far

@@ -29,6 +29,7 @@ __all__ = ["Decision", "Exact", "exact_for"]
 
 MAX_VALUES = 20_000  # affine outputs a chain may have for the program to be written
 TIGHTEN = 0.25  # share of --milp-time-limit spent tightening bounds by linear programs
+PRIOR_STEPS, PRIOR_REACH = 2, 0.1  # with a prior: short moves away from its projection
 WITNESS = 0.05  # share of it each further pattern's program may take (its best point so far)
 
 
@@ -153,6 +154,12 @@ class Exact:
         optimum of a random linear objective (so usually on different patterns); empty when
         none exists. (The sampler then asks each pattern for the exact request.)"""
         found = []
+        prior = self.problem.settings.prior
+        if prior is not None and self.decide().status == "reachable":
+            # The program's input nearest the prior (L1): a projection onto the set.
+            status, x, took = self.program.solve(None, time_limit=self._limit(), near=prior)
+            self.seconds += took
+            return [x if status == "feasible" else self.decision.witness]
         if self.decide().status == "reachable":
             found.append(self.decision.witness)
             for _ in range(count - 1):
@@ -188,9 +195,16 @@ class Exact:
         else:
             want = reg.want
         N = null_space(G)
-        near = nearest(P, q, G, want - off)
+        prior = self.problem.settings.prior
+        near = nearest(P, q, G, want - off, prior)
         start = witness if near is None else near
         found = centre(P, q, G, G @ start, N)
-        if found is not None and found[1] > 1e-9 * max(1.0, hi - lo):
+        if found is None or found[1] <= 1e-9 * max(1.0, hi - lo):
+            return np.tile(start, (k, 1))
+        if prior is None:
             return np.clip(hit_and_run(P, q, N, found[0], k, rng), lo, hi)
-        return np.tile(start, (k, 1))
+        # Next to the projection: points a little of the way towards the deepest point (a
+        # projection is a vertex, where a walk cannot move), then short walks from them.
+        lam = rng.uniform(0, PRIOR_REACH, (k, 1))
+        x0 = start[None] + lam * (found[0] - start)[None]
+        return np.clip(hit_and_run(P, q, N, x0, k, rng, PRIOR_STEPS, PRIOR_REACH), lo, hi)

@@ -89,9 +89,10 @@ def centre(P: np.ndarray, q: np.ndarray, G: np.ndarray, g: np.ndarray, N: np.nda
     return res.x[:n], float(res.x[-1])
 
 
-def nearest(P: np.ndarray, q: np.ndarray, G: np.ndarray, g: np.ndarray) -> np.ndarray | None:
+def nearest(P: np.ndarray, q: np.ndarray, G: np.ndarray, g: np.ndarray, prior=None):
     """A point of ``{P x ≤ q}`` with ``G x`` nearest ``g`` (largest deviation, HiGHS LP): the
-    exact request where the pattern holds it, else as close as the pattern gets."""
+    exact request where the pattern holds it, else as close as the pattern gets; with a
+    ``prior``, of those points the one nearest it (L1). None when the polytope is empty."""
     from scipy.optimize import linprog
 
     n, r = P.shape[1], len(G)
@@ -106,13 +107,39 @@ def nearest(P: np.ndarray, q: np.ndarray, G: np.ndarray, g: np.ndarray) -> np.nd
         bounds=[(None, None)] * n + [(0, None)],
         method="highs",
     )  # fmt: skip
+    if res.status != 0:
+        return None
+    return res.x[:n] if prior is None else _closest(P, q, G, g, res.x[-1], prior)
+
+
+def _closest(P, q, G, g, dev: float, prior: np.ndarray) -> np.ndarray | None:
+    """The point of ``{P x ≤ q, |G x − g| ≤ dev}`` nearest ``prior`` in L1 (HiGHS LP)."""
+    from scipy.optimize import linprog
+
+    n = P.shape[1]
+    eye, zero = np.eye(n), np.zeros((len(P), n))
+    dev = dev + 1e-9 * (1 + abs(dev))
+    zg = np.zeros((len(G), n))
+    res = linprog(
+        np.concatenate([np.zeros(n), np.ones(n)]),
+        A_ub=np.vstack([np.hstack([P, zero]), np.hstack([G, zg]), np.hstack([-G, zg]),
+                        np.hstack([eye, -eye]), np.hstack([-eye, -eye])]),
+        b_ub=np.concatenate([q, g + dev, -g + dev, prior, -prior]),
+        bounds=[(None, None)] * n + [(0, None)] * n,
+        method="highs",
+    )  # fmt: skip
     return res.x[:n] if res.status == 0 else None
 
 
-def hit_and_run(P, q, N, x0: np.ndarray, k: int, rng: np.random.Generator, steps: int = STEPS):
-    """``k`` points of ``{P x ≤ q}`` reached by ``steps`` hit-and-run moves each from ``x0``,
-    every move inside the span of ``N`` (k parallel walks, vectorised)."""
-    X = np.tile(x0, (k, 1))
+def hit_and_run(
+    P, q, N, x0: np.ndarray, k: int, rng: np.random.Generator, steps: int = STEPS,
+    reach: float = 1.0,
+):  # fmt: skip
+    """``k`` points of ``{P x ≤ q}`` reached by ``steps`` hit-and-run moves each from ``x0``
+    (one point, or one per walk),
+    every move inside the span of ``N`` (k parallel walks, vectorised); ``reach`` < 1 draws
+    each move from that fraction of its chord around the current point (staying near x0)."""
+    X = np.tile(x0, (k, 1)) if np.ndim(x0) == 1 else np.array(x0, dtype=np.float64)
     if N.shape[1] == 0:
         return X
     for _ in range(steps):
@@ -125,5 +152,5 @@ def hit_and_run(P, q, N, x0: np.ndarray, k: int, rng: np.random.Generator, steps
         up = np.where(rate > 1e-12, ratio, np.inf).min(1)
         down = np.where(rate < -1e-12, ratio, -np.inf).max(1)
         up, down = np.minimum(up, 1e6), np.maximum(down, -1e6)
-        X += rng.uniform(down, up)[:, None] * d
+        X += rng.uniform(reach * down, reach * up)[:, None] * d
     return X

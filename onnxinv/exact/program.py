@@ -316,8 +316,9 @@ class Program:
         return h, hlo, hhi
 
     # -- solving -------------------------------------------------------------------------------
-    def solve(self, objective: np.ndarray | None, *, time_limit: float):
-        """scipy ``milp``: ``objective`` (n,) weighs the input (None: feasibility only).
+    def solve(self, objective: np.ndarray | None, *, time_limit: float, near=None):
+        """scipy ``milp``: ``objective`` (n,) weighs the input (None: feasibility only);
+        ``near`` (n,): instead, the input nearest it in L1 (a projection onto the set).
 
         Returns ``(status, x or None, seconds)``; status is ``"feasible"``, ``"infeasible"`` or
         ``"unknown (...)"`` (time limit or a solver failure, with its message).
@@ -326,15 +327,29 @@ class Program:
 
         from scipy.optimize import Bounds, LinearConstraint, milp
 
-        c = np.zeros(len(self.var_lo))
+        A, lb, ub = self.A, self.lb, self.ub
+        lo, hi, integrality = self.var_lo, self.var_hi, self.integrality
+        c = np.zeros(len(lo))
         if objective is not None:
             c[self.x] = objective
+        if near is not None:  # t ≥ |x − near| per value, minimise Σ t
+            from scipy.sparse import bmat, identity
+
+            n = self.n
+            pick = identity(len(lo), format="csr")[self.x]
+            eye = identity(n, format="csr")
+            A = bmat([[A, None], [pick, -eye], [pick, eye]], format="csr")
+            lb = np.concatenate([lb, np.full(n, -np.inf), near])
+            ub = np.concatenate([ub, near, np.full(n, np.inf)])
+            lo, hi = np.concatenate([lo, np.zeros(n)]), np.concatenate([hi, np.full(n, np.inf)])
+            integrality = np.concatenate([integrality, np.zeros(n, dtype=integrality.dtype)])
+            c = np.concatenate([np.zeros(len(c)), np.ones(n)])
         t = time.perf_counter()
         res = milp(
             c,
-            integrality=self.integrality,
-            bounds=Bounds(self.var_lo, self.var_hi),
-            constraints=LinearConstraint(self.A, self.lb, self.ub),
+            integrality=integrality,
+            bounds=Bounds(lo, hi),
+            constraints=LinearConstraint(A, lb, ub),
             options={"time_limit": max(float(time_limit), 0.01), "disp": False},
         )
         took = time.perf_counter() - t

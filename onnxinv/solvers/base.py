@@ -32,20 +32,41 @@ if TYPE_CHECKING:
     from ..verify import Verification
 
 
+PRIOR_SPREAD = 0.01  # starts near a prior: its value plus noise of this size (of the box)
+
+
+def near_prior(prior: np.ndarray, k: int, rng: np.random.Generator, bounds) -> np.ndarray:
+    """(k, n) points next to ``prior``: noise of ``PRIOR_SPREAD`` times the box's width (or
+    the prior's largest value), kept strictly inside the box."""
+    if bounds is not None:
+        lo, hi = bounds
+        scale = hi - lo
+    else:
+        scale = max(1.0, float(np.abs(prior).max()))
+    x = prior[None] + PRIOR_SPREAD * scale * rng.standard_normal((k, len(prior)))
+    if bounds is not None:
+        pad = 1e-3 * (hi - lo)
+        x = np.clip(x, lo + pad, hi - pad)
+    return x
+
+
 class Starts:
-    """Random starting points: uniform inside the bounds, else normal(0, ``std``).
+    """Random starting points: next to the prior when there is one (see :func:`near_prior`),
+    else uniform inside the bounds, else normal(0, ``std``).
 
     Calling it with ``k`` returns a (k, n) float64 torch tensor; every draw comes from ``rng``,
     so a seeded generator gives the same starts.
     """
 
-    def __init__(self, n: int, rng: np.random.Generator, bounds=None, std: float = 1.0):
-        self.n, self.rng, self.bounds, self.std = n, rng, bounds, std
+    def __init__(self, n: int, rng: np.random.Generator, bounds=None, std: float = 1.0, prior=None):
+        self.n, self.rng, self.bounds, self.std, self.prior = n, rng, bounds, std, prior
 
     def __call__(self, k: int):
         import torch
 
-        if self.bounds is not None:
+        if self.prior is not None:
+            x = near_prior(self.prior, k, self.rng, self.bounds)
+        elif self.bounds is not None:
             lo, hi = self.bounds
             x = self.rng.uniform(lo, hi, size=(k, self.n))
         else:
@@ -143,6 +164,16 @@ class ModelProblem(Problem):
             f"{loaded.logits_name if objective.solve_on == 'logits' else loaded.output_name!r})",
         )
         self.loaded, self.objective = loaded, objective
+        self.prior = settings.prior
+        if self.prior is not None and self.prior.size != self.n:
+            raise OptionError(
+                f"prior has {self.prior.size} values, the input {loaded.input_name!r} has "
+                f"{self.n} ({'x'.join(map(str, loaded.input_shape))})"
+            )
+        if self.prior is not None and self.bounds is not None:
+            lo, hi = self.bounds
+            if self.prior.min() < lo or self.prior.max() > hi:
+                self.notes.append("the prior lies partly outside --bounds: starts are clipped")
         self._registry = registry
         self.plan_info: list[str] | None = None
         self.jacobian_sources: set[str] = set()
@@ -174,6 +205,11 @@ class ModelProblem(Problem):
 
         blocks = self.partition.blocks
         return chain_of(blocks[0]) if blocks and blocks[0].kind == "invertible" else None
+
+    def starts(self, rng: np.random.Generator):
+        if self.make_starts is None and self.prior is not None:
+            return Starts(self.n, rng, self.bounds, self.settings.init_std, prior=self.prior)
+        return super().starts(rng)
 
     def verify(self, x: np.ndarray) -> Verification:
         """onnxruntime on the original model: flat or shaped samples -> verified flags."""

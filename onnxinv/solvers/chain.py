@@ -47,6 +47,7 @@ import numpy as np
 
 from ..rules.base import AffineRule, Family, InverseRule
 from ..rules.linalg import DENSE_LIMIT
+from .base import near_prior
 
 EXACT = 1e-10  # |r| relative to the top value's scale at which a sample is exact
 MAX_ITER = 60  # Newton iterations per attempt
@@ -310,6 +311,10 @@ class ChainSolver:
         return bool(ok_s / max(t_s, 1e-9) > ok_a / max(t_a, 1e-9))  # ties: the active set
 
     def _anchors(self, k: int, rng) -> np.ndarray:
+        prior = self.settings.prior
+        if prior is not None and prior.size == self.n:
+            # Newton's minimum-norm steps from next to the prior end near its projection.
+            return near_prior(prior, k, rng, self.bounds)
         if self.bounds is not None:
             return rng.uniform(self.bounds[0], self.bounds[1], size=(k, self.n))
         if self._particular is None:
