@@ -38,6 +38,7 @@ from onnxinv.target import Target
 ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = ROOT / "models"
 MODEL_NAMES = ("digits_1layer", "digits_2layer", "digits_6layer")
+PIECEWISE_MODELS = ("digits_relu", "digits_cnn", "digits_nhwc")  # ReLU, max pools: exact applies
 QUICK_MODELS = ("digits_2layer",)
 FILE_TARGETS = ("digit3", "mix_1_7", "uniform")
 BOUNDS = (0.0, 1.0)  # the one box: passed into onnxinv and used by check()
@@ -291,8 +292,9 @@ def reachable_target(model_path: Path, digit: int = REACHABLE_DIGIT) -> dict[str
     data = np.load(MODELS_DIR / "digits_val.npz")
     idx = int(np.flatnonzero(data["y"] == digit)[0])
     sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    p = np.asarray(sess.run(None, {name: data["x"][idx : idx + 1]})[0], dtype=np.float64).ravel()
+    inp = sess.get_inputs()[0]
+    x = data["x"][idx : idx + 1].reshape([1] + [int(d) for d in inp.shape[1:]])  # CNNs: images
+    p = np.asarray(sess.run(None, {inp.name: x})[0], dtype=np.float64).ravel()
     p = p / p.sum()
     p = np.maximum(p, 1e-12)
     p = p / p.sum()
