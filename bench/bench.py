@@ -28,6 +28,7 @@ from common import (
     BOUNDS,
     BUSY_SHARE,
     MODEL_NAMES,
+    PIECEWISE_MODELS,
     QUICK_MODELS,
     QUICK_SAMPLES,
     OtherLoad,
@@ -43,6 +44,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quick", action="store_true", help=f"{QUICK_SAMPLES} samples, 2-layer model only"
     )
     ap.add_argument("--json", type=Path, default=None, help="write every number here")
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        help=f"bundled models to run (default {' '.join(MODEL_NAMES)}; also "
+        f"{' '.join(PIECEWISE_MODELS)})",
+    )
     ap.add_argument(
         "--skip-backward", action="store_true", help="leave out the backward-pass table"
     )
@@ -73,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     samples = QUICK_SAMPLES if args.quick else args.samples
-    model_names = QUICK_MODELS if args.quick else MODEL_NAMES
+    model_names = QUICK_MODELS if args.quick else (args.models or MODEL_NAMES)
     methods = methods_table.METHODS
     base = methods_table.baseline(methods)
     facts = machine_facts()

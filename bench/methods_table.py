@@ -31,6 +31,7 @@ GD_STEPS = 1000  # and its Adam steps at most
 # against it. A new onnxinv method is one line, e.g.:
 #     Method("backward", onnxinv_runner("backward")),
 METHODS: list[Method] = [
+    Method("backward", onnxinv_runner("backward")),
     Method("forward", onnxinv_runner("forward")),
     Method("gd", onnxinv_runner("gd", gd_lr=GD_LR, gd_steps=GD_STEPS), baseline=True),
 ]

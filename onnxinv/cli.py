@@ -302,6 +302,33 @@ def inspect(model, **options) -> None:
     click.echo("blocks (input → output; method auto runs backward, then LM where needed):")
     for line in describe(part):
         click.echo(line)
+    line = _chain_line(part)
+    if line:
+        click.echo(line)
+
+
+def _chain_line(part) -> str | None:
+    """What the chain pass and the exact solver make of the first block, in one line."""
+    from .solvers.chain import _Activation, _Affine, _Select, chain_of
+
+    if not part.blocks or part.blocks[0].kind != "invertible":
+        return None
+    found = chain_of(part.blocks[0])
+    if found is None:
+        return None
+    ops, _ = found
+    acts = [op.rule.op_type for op in ops if isinstance(op, _Activation | _Select)]
+    text = (
+        f"chain: block 0 is one chain ({sum(isinstance(o, _Affine) for o in ops)} composed "
+        f"affine maps, {', '.join(acts) or 'no activations'}): the backward pass chooses every "
+        "free coefficient jointly (Newton over the input), not block by block as above"
+    )
+    piecewise = all(
+        isinstance(o, _Affine | _Select) or o.rule.breakpoints() is not None for o in ops
+    )
+    if piecewise and acts and len(part.blocks) == 1:
+        text += "; piecewise linear: with --bounds, --method exact decides and samples it exactly"
+    return text
 
 
 @main.command()

@@ -299,6 +299,21 @@ def test_inspect_bundled_model():
     assert "batched runs: yes" in text
 
 
+@pytest.mark.parametrize(
+    "name, acts", [("relu", "Relu, Relu"), ("cnn", "Relu, MaxPool"), ("nhwc", "Relu, MaxPool")]
+)
+def test_inspect_shows_the_backward_plan_of_piecewise_linear_models(name, acts):
+    res = invoke("inspect", BUNDLED[2].parent / f"digits_{name}.onnx")
+    assert res.exit_code == 0, res.stderr
+    assert "block 0: invertible backward" in res.stdout
+    chain = [line for line in res.stdout.splitlines() if line.startswith("chain:")]
+    assert len(chain) == 1 and f"affine maps, {acts})" in chain[0]
+    assert "--method exact decides and samples it exactly" in chain[0]
+    # a smooth chain is a chain too, but not one the exact solver writes
+    smooth = invoke("inspect", BUNDLED[2]).stdout
+    assert "chain: block 0 is one chain" in smooth and "--method exact" not in smooth
+
+
 def test_inspect_sklearn_zipmap_model(tmp_path, sklearn_digits):
     import onnx
 
