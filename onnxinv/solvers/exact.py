@@ -49,10 +49,17 @@ class ExactSolver(Solver):
         share = np.diff(np.linspace(0, k, len(witnesses) + 1).round().astype(int))
         parts = [self.exact.sample(w, m, rng) for w, m in zip(witnesses, share, strict=True) if m]
         x = np.concatenate(parts)
+        how = (
+            "the L1 projection of the prior onto the set"
+            if self.problem.settings.prior is not None
+            else "optima of random objectives"
+        )
         notes.append(
-            f"exact: {len(witnesses)} activation pattern(s) found by mixed-integer programs "
-            f"(HiGHS; {self.exact._size()}; {self.exact.seconds:.2g} s), samples by hit-and-run "
-            "inside each pattern's polytope"
+            f"exact: the program over every activation pattern is feasible (HiGHS; "
+            f"{self.exact._size()}; {self.exact.seconds:.2g} s in programs); "
+            f"{len(witnesses)} pattern(s) sampled, found as {how} (a sample of the preimage's "
+            "patterns, not all of them); samples by hit-and-run on each pattern's slice of "
+            "exact preimages"
         )
         if on_progress is not None:
             on_progress(k)
