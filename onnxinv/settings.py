@@ -273,6 +273,10 @@ class Settings:
         60.0, "Exact solver and proofs: seconds each mixed-integer program may take ('unknown' past it).",
         check=positive_number, group="exact",
     )  # fmt: skip
+    tv: float = option(
+        0.0, "Forward pass: total-variation smoothing of image inputs, step size (0: off).",
+        check=non_negative_number, group="lm",
+    )  # fmt: skip
     gd_lr: float = option(0.01, "Gradient descent (gd): Adam's learning rate.",
                           check=positive_number, group="gd")  # fmt: skip
     gd_steps: int = option(1000, "Gradient descent (gd): Adam steps at most.",

@@ -73,6 +73,8 @@ class ForwardSolver(Solver):
             else:
                 start = torch.from_numpy(np.asarray(x0[first : first + n], dtype=np.float64))
                 out = self.solve_chunk(n, starts, start, restarts=0, on_progress=on_progress)
+            if self.problem.settings.tv > 0 and not out.timed_out:
+                out.x = self._smooth(out)
             parts.append(
                 Outcome(
                     out.x.numpy(),
@@ -83,6 +85,19 @@ class ForwardSolver(Solver):
                 )  # fmt: skip
             )
         return concatenate(parts)
+
+    def _smooth(self, out: LMOutcome) -> torch.Tensor:
+        """``--tv``: solved samples smoothed inside the preimage set (image inputs only)."""
+        from .smooth import image_shape, smooth
+
+        shape = getattr(getattr(self.problem, "loaded", None), "input_shape", (self.problem.n,))
+        hw = image_shape(tuple(shape), self.problem.n)
+        if hw is None:
+            note = "--tv ignored: the input is not an image (no two spatial axes, not square)"
+            if note not in self.problem.notes:
+                self.problem.notes.append(note)
+            return out.x
+        return smooth(self.problem, out.x, out.converged, self.problem.settings.tv, hw)
 
 
 def concatenate(parts: list[Outcome]) -> Outcome:
