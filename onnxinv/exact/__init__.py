@@ -85,6 +85,9 @@ def exact_for(problem) -> Exact | None:
             cache["_exact"] = Exact(problem)
         except NotPiecewise:
             cache["_exact"] = None
+        except (ValueError, ArithmeticError, MemoryError) as exc:  # an optional extra: never
+            problem.notes.append(f"the exact solver could not write this chain ({exc})")
+            cache["_exact"] = None  # a reason for the run to fail
     return cache["_exact"]
 
 
