@@ -237,16 +237,18 @@ def _checked(result: InversionResult, timed_out: bool, decided: str | None = Non
             f"{tol:g} (best max error {best:.3g}); allow a longer --timeout"
         )
     else:
+        why = (
+            f"); {decided}"
+            if decided
+            else (
+                "; not proven unreachable either); try more --max-iter/--restarts, wider --bounds, "
+                "or a larger tolerance"
+            )
+        )
         message = (
             f"target not reached: none of {n} samples reached tolerance {tol:g} (best max "
-            f"error {best:.3g}; not proven unreachable either); try more --max-iter/--restarts, "
-            "wider --bounds, or a larger tolerance"
+            f"error {best:.3g}{why}"
         )
-        if decided is not None:
-            message = (
-                f"target not reached: none of {n} samples reached tolerance {tol:g} (best max "
-                f"error {best:.3g}); {decided}"
-            )
     raise UnreachableTargetError(message, result=result, best_error=best)
 
 

@@ -309,6 +309,7 @@ def inspect(model, **options) -> None:
 
 def _chain_line(part) -> str | None:
     """What the chain pass and the exact solver make of the first block, in one line."""
+    from .exact import first_smooth
     from .solvers.chain import _Activation, _Affine, _Select, chain_of
 
     if not part.blocks or part.blocks[0].kind != "invertible":
@@ -323,10 +324,7 @@ def _chain_line(part) -> str | None:
         f"affine maps, {', '.join(acts) or 'no activations'}): the backward pass chooses every "
         "free coefficient jointly (Newton over the input), not block by block as above"
     )
-    piecewise = all(
-        isinstance(o, _Affine | _Select) or o.rule.breakpoints() is not None for o in ops
-    )
-    if piecewise and acts and len(part.blocks) == 1:
+    if acts and first_smooth(ops) is None and len(part.blocks) == 1:
         text += "; piecewise linear: with --bounds, --method exact decides and samples it exactly"
     return text
 

@@ -35,6 +35,7 @@ def test_tv_on_a_non_image_input_is_ignored_with_a_note():
     res = onnxinv.invert(model, {"class": 1, "confidence": 0.6}, method="forward", samples=4,
                          tv=0.05)  # fmt: skip
     assert any("--tv ignored" in n for n in res.notes)
+    assert_solved(model, res, res.target_array.ravel(), "probabilities", n=4)
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from ..solvers.chain import _Activation, _Affine
 from .polytope import centre, hit_and_run, nearest, null_space, pattern_polytope
 from .program import TopRegion, tightened
 
-__all__ = ["Decision", "Exact", "exact_for"]
+__all__ = ["Decision", "Exact", "exact_for", "exact_of"]
 
 MAX_VALUES = 20_000  # affine outputs a chain may have for the program to be written
 TIGHTEN = 0.25  # share of --milp-time-limit spent tightening bounds by linear programs
@@ -48,6 +48,18 @@ class NotPiecewise(OptionError):
     """The model is not a piecewise-linear chain the exact solver can write as a program."""
 
 
+def first_smooth(ops: list) -> str | None:
+    """The op type of the chain's first activation that is not piecewise linear, or None."""
+    return next(
+        (
+            o.rule.op_type
+            for o in ops
+            if isinstance(o, _Activation) and o.rule.breakpoints() is None
+        ),
+        None,
+    )
+
+
 def piecewise_chain(problem) -> tuple[list, TopRegion]:
     """The problem's chain and top region, or :class:`NotPiecewise` naming why not."""
     from ..certify import proof_chain
@@ -64,31 +76,40 @@ def piecewise_chain(problem) -> tuple[list, TopRegion]:
     width = sum(op.M.shape[0] for op in ops if isinstance(op, _Affine))
     if width > MAX_VALUES:
         raise NotPiecewise(f"the chain has {width} values, more than the exact solver writes")
-    smooth = [
-        op.rule.op_type
-        for op in ops
-        if isinstance(op, _Activation) and op.rule.breakpoints() is None
-    ]
+    smooth = first_smooth(ops)
     if smooth:
-        raise NotPiecewise(f"{smooth[0]} is not piecewise linear: the exact solver cannot write it")
+        raise NotPiecewise(f"{smooth} is not piecewise linear: the exact solver cannot write it")
     region = TopRegion.for_objective(problem.objective)
     if region is None:
         raise NotPiecewise("the target pins no output beyond its tolerance")
     return ops, region
 
 
-def exact_for(problem) -> Exact | None:
-    """The problem's :class:`Exact` analysis (built once), or None where it does not apply."""
+def exact_of(problem) -> Exact:
+    """The problem's :class:`Exact` analysis, built once; :class:`NotPiecewise` (also
+    remembered) where it does not apply."""
     cache = problem.__dict__
     if "_exact" not in cache:
         try:
             cache["_exact"] = Exact(problem)
-        except NotPiecewise:
-            cache["_exact"] = None
-        except (ValueError, ArithmeticError, MemoryError) as exc:  # an optional extra: never
-            problem.notes.append(f"the exact solver could not write this chain ({exc})")
-            cache["_exact"] = None  # a reason for the run to fail
+        except NotPiecewise as exc:
+            cache["_exact"] = exc
+    if isinstance(cache["_exact"], NotPiecewise):
+        raise cache["_exact"]
     return cache["_exact"]
+
+
+def exact_for(problem) -> Exact | None:
+    """:func:`exact_of`, or None where it does not apply or cannot be written (the decision is
+    an optional extra: a chain it fails on is a note, never a reason for the run to fail)."""
+    try:
+        return exact_of(problem)
+    except NotPiecewise:
+        return None
+    except (ValueError, ArithmeticError, MemoryError) as exc:
+        problem.__dict__["_exact"] = NotPiecewise(str(exc))
+        problem.notes.append(f"the exact solver could not write this chain ({exc})")
+        return None
 
 
 class Exact:
@@ -156,26 +177,26 @@ class Exact:
         """Up to ``count`` inputs meeting the top region's necessary conditions, each the
         optimum of a random linear objective (so usually on different patterns); empty when
         none exists. (The sampler then asks each pattern for the exact request.)"""
-        found = []
+        if self.decide().status != "reachable":
+            return []
         prior = self.problem.settings.prior
-        if prior is not None and self.decide().status == "reachable":
+        if prior is not None:
             # The program's input nearest the prior (L1): a projection onto the set.
             status, x, took = self.program.solve(None, time_limit=self._limit(), near=prior)
             self.seconds += took
             return [x if status == "feasible" else self.decision.witness]
-        if self.decide().status == "reachable":
-            found.append(self.decision.witness)
-            for _ in range(count - 1):
-                if self._limit() <= 0:
-                    break
-                status, x, took = self.program.solve(
-                    rng.standard_normal(self.problem.n),
-                    time_limit=min(self._limit(), WITNESS * self.problem.settings.milp_time_limit),
-                )
-                self.seconds += took
-                if status != "feasible":
-                    break
-                found.append(x)
+        found = [self.decision.witness]
+        for _ in range(count - 1):
+            if self._limit() <= 0:
+                break
+            status, x, took = self.program.solve(
+                rng.standard_normal(self.problem.n),
+                time_limit=min(self._limit(), WITNESS * self.problem.settings.milp_time_limit),
+            )
+            self.seconds += took
+            if status != "feasible":
+                break
+            found.append(x)
         return found
 
     def sample(self, witness: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

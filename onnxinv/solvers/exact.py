@@ -27,13 +27,12 @@ class ExactSolver(Solver):
     whole_model = True
 
     def prepare(self) -> None:
-        from ..exact import Exact, NotPiecewise
+        from ..exact import NotPiecewise, exact_of
 
         try:
-            self.exact = self.problem.__dict__.get("_exact") or Exact(self.problem)
+            self.exact = exact_of(self.problem)
         except NotPiecewise as exc:
             raise OptionError(f"method 'exact' does not apply: {exc}") from None
-        self.problem.__dict__["_exact"] = self.exact
 
     def solve(self, k, rng, x0=None, on_progress=None) -> Outcome:
         if not hasattr(self, "exact"):

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import MemoryBudgetError
 from ..verify import Verification
-from .base import Outcome, Solver
+from .base import ModelProblem, Outcome, Solver
 from .lm import LMOutcome, LMSettings, levenberg_marquardt
 
 
@@ -90,8 +90,9 @@ class ForwardSolver(Solver):
         """``--tv``: solved samples smoothed inside the preimage set (image inputs only)."""
         from .smooth import image_shape, smooth
 
-        shape = getattr(getattr(self.problem, "loaded", None), "input_shape", (self.problem.n,))
-        hw = image_shape(tuple(shape), self.problem.n)
+        if not isinstance(self.problem, ModelProblem):
+            return out.x  # (a block's input is no image)
+        hw = image_shape(tuple(self.problem.loaded.input_shape), self.problem.n)
         if hw is None:
             note = "--tv ignored: the input is not an image (no two spatial axes, not square)"
             if note not in self.problem.notes:
