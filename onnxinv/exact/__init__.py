@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import OptionError
 from ..solvers.chain import _Activation, _Affine
+from . import branch
 from .polytope import centre, hit_and_run, nearest, null_space, pattern_polytope
 from .program import TopRegion, tightened
 
@@ -30,6 +31,7 @@ __all__ = ["Decision", "Exact", "exact_for", "exact_of"]
 MAX_VALUES = 20_000  # affine outputs a chain may have for the program to be written
 TIGHTEN = 0.25  # share of --milp-time-limit spent tightening bounds by linear programs
 PRIOR_STEPS, PRIOR_REACH = 2, 0.1  # with a prior: short moves away from its projection
+FIRST = 0.2  # share of --milp-time-limit the mixed-integer program has before the search
 WITNESS = 0.05  # share of it each further pattern's program may take (its best point so far)
 
 
@@ -136,39 +138,58 @@ class Exact:
         return f"{p.unstable} undecided activations, {p.binaries} binaries"
 
     def decide(self) -> Decision:
-        """Reachable (with a witness), proven unreachable, or unknown: computed once."""
+        """Reachable (with a witness), proven unreachable, or unknown: computed once.
+
+        The mixed-integer program goes first for a share (:data:`FIRST`) of the time (it finds
+        inputs quickly where there are some); for chains without max pools, branch and bound
+        over activation splits (:mod:`.branch`, far stronger at proofs) takes the rest.
+        """
         if self.decision is not None:
             return self.decision
         lo, hi = self.problem.bounds
         box = f"[{lo:g}, {hi:g}]"
+        how = f"the mixed-integer program over every activation pattern (HiGHS; {self._size()})"
+        search = branch.applies(self.ops)
         if self.proven:
-            status, x, seconds = "infeasible", None, 0.0
+            status, x = "infeasible", None
         else:
-            status, x, seconds = self.program.solve(None, time_limit=self._limit() - self.seconds)
-        self.seconds += seconds
+            share = FIRST * self.problem.settings.milp_time_limit if search else np.inf
+            status, x, seconds = self.program.solve(
+                None, time_limit=min(self._limit() - self.seconds, share)
+            )
+            self.seconds += seconds
+        if status.startswith("unknown") and search and self._limit() - self.seconds > 0:
+            found = branch.Search(self.ops, self.problem.n, self.problem.bounds, self.region)
+            try:
+                out = found.run(self._limit() - self.seconds)
+            except ArithmeticError as exc:  # (a node's linear program failed numerically)
+                out = branch.Outcome(f"unknown ({exc})", None, 0, 0.0)
+            self.seconds += out.seconds
+            status, x = out.status, out.x
+            how = (f"branch and bound over activation splits ({out.nodes} linear programs, "
+                   f"HiGHS; {self.program.unstable} undecided activations)")  # fmt: skip
         seconds = self.seconds
-        how = f"mixed-integer program over every activation pattern (HiGHS; {self._size()}"
         if status == "infeasible":
             self.decision = Decision(
                 "unreachable",
-                f"target proven unreachable within the bounds {box}: the {how}) is infeasible "
+                f"target proven unreachable within the bounds {box}: {how} is infeasible "
                 f"(search complete, {seconds:.2g} s)",
                 seconds=seconds,
             )
         elif status == "feasible":
             self.decision = Decision(
                 "reachable",
-                f"the target may be reachable within the bounds {box}: the {how}) found an "
-                f"input meeting its necessary conditions in {seconds:.2g} s (--method exact "
-                "samples such inputs)",
+                f"the target may be reachable within the bounds {box}: {how} found an input "
+                f"meeting its necessary conditions in {seconds:.2g} s (--method exact samples "
+                "such inputs)",
                 witness=x,
                 seconds=seconds,
             )
         else:
             self.decision = Decision(
                 "unknown",
-                f"whether the target is reachable within the bounds {box} is unknown: the {how}"
-                f") stopped after {seconds:.2g} s, {status} (raise --milp-time-limit)",
+                f"whether the target is reachable within the bounds {box} is unknown: {how} "
+                f"stopped after {seconds:.2g} s, {status} (raise --milp-time-limit)",
                 seconds=seconds,
             )
         return self.decision
