@@ -7,7 +7,9 @@ per activation pattern. :class:`Exact` writes the chain as one mixed-integer lin
 
 * **decides** the target: infeasible with the conditions every output within the tolerance
   meets means proven unreachable within the bounds; feasible gives a witness pattern; a time
-  limit (``--milp-time-limit``) gives "unknown", never "unreachable";
+  limit (``--milp-time-limit``) gives "unknown", never "unreachable". On chains without max
+  pools, branch and bound over activation splits (:mod:`.branch`) takes over from the program
+  after a share of the time: its relaxations tighten as it splits, so it proves far more;
 * **samples** it: random objectives over the input give different patterns (different
   vertices of the union), and a hit-and-run walk inside each pattern's polytope, restricted to
   the slice that meets the request exactly (:mod:`.polytope`), turns each into many inputs.
@@ -31,7 +33,7 @@ __all__ = ["Decision", "Exact", "exact_for", "exact_of"]
 MAX_VALUES = 20_000  # affine outputs a chain may have for the program to be written
 TIGHTEN = 0.25  # share of --milp-time-limit spent tightening bounds by linear programs
 PRIOR_STEPS, PRIOR_REACH = 2, 0.1  # with a prior: short moves away from its projection
-FIRST = 0.2  # share of --milp-time-limit the mixed-integer program has before the search
+FIRST = 0.2  # share of --milp-time-limit the search, then the program, has before the rest
 WITNESS = 0.05  # share of it each further pattern's program may take (its best point so far)
 
 
@@ -127,6 +129,10 @@ class Exact:
         )
         self.seconds = time.perf_counter() - t  # spent on programs so far
 
+    def _chain(self) -> tuple:
+        p = self.problem
+        return self.ops, p.n, p.bounds, self.region
+
     def _limit(self) -> float:
         limit = self.problem.settings.milp_time_limit
         if self.problem.deadline is not None:
@@ -140,34 +146,39 @@ class Exact:
     def decide(self) -> Decision:
         """Reachable (with a witness), proven unreachable, or unknown: computed once.
 
-        The mixed-integer program goes first for a share (:data:`FIRST`) of the time (it finds
-        inputs quickly where there are some); for chains without max pools, branch and bound
-        over activation splits (:mod:`.branch`, far stronger at proofs) takes the rest.
+        On chains without max pools, branch and bound over activation splits (:mod:`.branch`,
+        far stronger at proofs) and the mixed-integer program (quicker at finding inputs) take
+        a share (:data:`FIRST`) of ``--milp-time-limit`` each in turn, then the search goes on
+        from where it stopped with the rest; elsewhere the program has all of it.
         """
         if self.decision is not None:
             return self.decision
         lo, hi = self.problem.bounds
         box = f"[{lo:g}, {hi:g}]"
-        how = f"the mixed-integer program over every activation pattern (HiGHS; {self._size()})"
-        search = branch.applies(self.ops)
-        if self.proven:
-            status, x = "infeasible", None
-        else:
-            share = FIRST * self.problem.settings.milp_time_limit if search else np.inf
-            status, x, seconds = self.program.solve(
-                None, time_limit=min(self._limit() - self.seconds, share)
-            )
-            self.seconds += seconds
-        if status.startswith("unknown") and search and self._limit() - self.seconds > 0:
-            found = branch.Search(self.ops, self.problem.n, self.problem.bounds, self.region)
-            try:
-                out = found.run(self._limit() - self.seconds)
-            except ArithmeticError as exc:  # (a node's linear program failed numerically)
-                out = branch.Outcome(f"unknown ({exc})", None, 0, 0.0)
-            self.seconds += out.seconds
-            status, x = out.status, out.x
-            how = (f"branch and bound over activation splits ({out.nodes} linear programs, "
-                   f"HiGHS; {self.program.unstable} undecided activations)")  # fmt: skip
+        program = f"the mixed-integer program over every activation pattern (HiGHS; {self._size()})"
+        how = program
+        search = branch.Search(*self._chain()) if branch.applies(self.ops) else None
+        share = FIRST * self.problem.settings.milp_time_limit if search else np.inf
+        status, x = ("infeasible", None) if self.proven else ("unknown (time limit)", None)
+        # The search first (quick proofs), the program next (quick witnesses), then the
+        # search again with the rest of the time, from where it stopped.
+        for step, budget in (("search", share), ("program", share), ("search", np.inf)):
+            left = min(self._limit() - self.seconds, budget)
+            if not status.startswith("unknown") or left <= 0 or (step == "search" and not search):
+                continue
+            t = time.perf_counter()
+            if step == "program":
+                status, x, _ = self.program.solve(None, time_limit=left)
+                how = program
+            else:
+                try:
+                    out = search.run(left)
+                    status, x = out.status, out.x
+                except ArithmeticError as exc:  # (a node's linear program failed numerically)
+                    status, x = f"unknown ({exc})", None
+                how = (f"branch and bound over activation splits ({search.nodes} linear "
+                       f"programs, HiGHS; {self.program.unstable} undecided activations)")  # fmt: skip
+            self.seconds += time.perf_counter() - t
         seconds = self.seconds
         if status == "infeasible":
             self.decision = Decision(

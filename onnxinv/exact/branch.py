@@ -157,6 +157,8 @@ class Search:
         }
         self._layout()
         self._highs = _highs()
+        self._stack: list | None = None  # nodes left: (split bounds, parent's basis)
+        self.nodes, self.seconds = 0, 0.0
 
     # -- the linear program's fixed layout ---------------------------------------------------
     def _layout(self) -> None:
@@ -319,25 +321,32 @@ class Search:
 
     # -- the search --------------------------------------------------------------------------
     def run(self, time_limit: float) -> Outcome:
-        """Depth first until no node is left (infeasible), a witness, or ``time_limit``."""
+        """Depth first until no node is left (infeasible), a witness, or ``time_limit``
+        seconds; a later call goes on from where this one stopped (its counts include both)."""
         t0 = time.perf_counter()
-        stack: list[tuple[dict, object]] = [({}, None)]
-        nodes = 0
+        if self._stack is None:
+            self._stack = [({}, None)]
+        stack = self._stack
+
+        def outcome(status, x=None):
+            self.seconds += time.perf_counter() - t0
+            return Outcome(status, x, self.nodes, self.seconds)
+
         while stack:
             if time.perf_counter() - t0 > time_limit:
-                return Outcome("unknown (time limit)", None, nodes, time.perf_counter() - t0)
+                return outcome("unknown (time limit)")
             split, basis = stack.pop()
             bounds = self.propagate(split)
             if bounds is None:
                 continue
-            nodes += 1
+            self.nodes += 1
             sol, basis = self.relaxation(bounds, basis)
             if sol is None:
                 continue
             cut = self._split(bounds, sol)
             if cut is None:  # every activation on its graph: an input meeting the conditions
-                x = sol[: self.n].copy()
-                return Outcome("feasible", x, nodes, time.perf_counter() - t0)
+                stack.append((split, basis))  # (a later call starts here again)
+                return outcome("feasible", sol[: self.n].copy())
             i, j, at = cut
             children = []
             for side in (0, 1):  # 0: below the breakpoint
@@ -348,7 +357,7 @@ class Search:
             first = 0 if z <= at else 1  # explored first: the side holding the solution
             stack.append(children[1 - first])
             stack.append(children[first])
-        return Outcome("infeasible", None, nodes, time.perf_counter() - t0)
+        return outcome("infeasible")
 
 
 __all__ = ["Outcome", "Search", "applies"]

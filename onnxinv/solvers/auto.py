@@ -10,7 +10,9 @@ previous ones left unverified:
    keeping whichever of the two ended with the smaller error;
 4. **exact**: for a piecewise-linear chain in a box (ReLU, max pools...), the exact solver's
    samples (activation patterns by mixed-integer programs, hit-and-run inside them) replace
-   what is still unverified; when its program is infeasible the API reports the proof.
+   what is still unverified; when its program is infeasible the API reports the proof. When
+   the backward pass verifies nothing at all, the exact decision is asked before stages 2
+   and 3: a proof ends the run there.
 
 On a large run auto also checks that this route pays: the backward route is timed on a pilot
 of one chunk (``--chunk-size`` samples, the size every later batch has, after one chunk of
@@ -120,6 +122,8 @@ class AutoSolver(Solver):
             return self._forward_route(k, rng, on_progress)
         out.verification = check = self.problem.verify(out.x)
         pending = np.flatnonzero(~check.verified)
+        if pending.size == len(out.x) and self._proven():
+            return out  # (nothing can reach it: the API reports the proof)
         if pending.size:
             self._polish(out, pending, rng)
             check.replace(pending, self.problem.verify(out.x[pending]))
@@ -134,6 +138,15 @@ class AutoSolver(Solver):
         from ..exact import exact_for
 
         return ExactSolver(self.problem) if exact_for(self.problem) is not None else None
+
+    def _proven(self) -> bool:
+        """Whether the exact decision proves the target unreachable (asked when the backward
+        pass verified nothing: a proof then spares the LM stages their restarts)."""
+        if self.exact is None or self.problem.expired():
+            return False
+        from ..exact import exact_of
+
+        return exact_of(self.problem).decide().status == "unreachable"
 
     def _exact(self, out: Outcome, idx: np.ndarray, rng) -> None:
         """Stage 4 on samples ``idx``: the exact solver's samples replace them where verified."""
