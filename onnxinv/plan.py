@@ -120,10 +120,23 @@ class Plan:
         n = self.sizes[self.part.input]
         tops = {s.rule.op_type for s in top}
         check = self._top_check(tops) if whole else None
+        region = None
+        if whole and self._logit_top(tops):
+            # Classes far below the tolerance need only stay small, not match log p exactly.
+            from .exact.program import TopRegion
+
+            region = TopRegion.for_objective(self.objective)
         return ChainSolver(
             ops, top, n, self.bounds, self.settings, self.deadline, check,
-            0.5 * self.objective.tolerance,
+            0.5 * self.objective.tolerance, region,
         )  # fmt: skip
+
+    def _logit_top(self, tops: set[str]) -> bool:
+        """Whether the chain's top values are the logits of a distribution target."""
+        obj = self.objective
+        if obj.kind == "values":
+            return False
+        return bool(tops & {"Softmax", "LogSoftmax"}) or (not tops and obj.output_space == "logits")
 
     def _top_check(self, tops: set[str]):
         """The user's check as a function of the chain's top values (None: not expressible)."""
@@ -132,7 +145,7 @@ class Plan:
         if obj.kind == "values":
             return None if tops else (lambda z: np.abs(z - target).max(1))
 
-        if tops & {"Softmax", "LogSoftmax"} or (not tops and obj.output_space == "logits"):
+        if self._logit_top(tops):
             return lambda z: np.abs(_softmax(z) - target).max(1)
         if not tops and obj.output_space == "probabilities":
             return lambda z: np.abs(z - target).max(1)

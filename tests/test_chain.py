@@ -148,22 +148,11 @@ def probabilities_of(m: bytes, x: np.ndarray) -> np.ndarray:
     return p / p.sum()
 
 
-# Three held-out digits per model. One pair misses 99%: on the 6-layer SELU net trained to
-# saturation, digit 320's output (0.55/0.33/0.08) is reached by about 13% of samples from
-# uniform anchors (the forward pass: 4%); neither box strategy reaches any of the trial.
-HARD = {("selu-6-28x28", 320)}
-
-
-@pytest.mark.parametrize(
-    "name, index",
-    [
-        pytest.param(n, i, marks=pytest.mark.xfail(strict=True, reason="see HARD"))
-        if (n, i) in HARD
-        else (n, i)
-        for n in MODELS
-        for i in (310, 320, 330)
-    ],
-)
+# Three held-out digits per model. On the 6-layer SELU net trained to saturation, digit 320's
+# output (0.72/0.18/0.08/0.01/0.002, the rest below 2e-8) was reached by about 20% of samples
+# while its tiny probabilities were matched exactly; kept under a cap instead (loose classes),
+# by all of them.
+@pytest.mark.parametrize("name, index", [(n, i) for n in MODELS for i in (310, 320, 330)])
 def test_backward_verifies_every_sample_on_invertible_chains(name, index):
     m = model(name)
     size = 28 if "28x28" in name else 8

@@ -35,6 +35,17 @@ Newton converges quadratically, so a sample is accepted when ``|r|`` is at round
 (``EXACT``): the request is met exactly, not to a tolerance; or, for targets with
 probabilities so near 0 that the logits the box reaches cannot match them exactly, once the
 user's check holds with half its tolerance to spare and ``|r|`` has stopped falling fast.
+
+A distribution's classes far below the tolerance (``p_k < t/(4k)``, a saturated output's
+1e-12) are *loose*, as :class:`~onnxinv.exact.program.TopRegion` defines them: any logit that
+keeps them under that floor passes the check, and matching ``log p_k`` exactly may ask for a
+logit difference the box cannot produce. With loose classes, the rows of ``r`` are the logit
+differences against the likeliest class: equalities for the others, and for a loose class the
+hinge ``max(0, z_k − z_ref − cap_k)``; each step is the shortest whose linearisation keeps
+the loose classes under their caps (:func:`_step`). ``|r|`` at round-off then means that the
+equalities hold and every loose class is under its cap. Without loose classes the equations
+and steps are the ones above, unchanged.
+
 There is no per-sample Python loop: every operation is a matrix product or a batched solve.
 """
 
@@ -58,6 +69,7 @@ TRIES = 14  # damping increases (×10) per iteration before a sample counts as s
 STALL = 30  # iterations over which |r| must fall by STALL_FACTOR
 STALL_FACTOR = 0.9
 SLOW = 0.1  # |r| falling by less than this factor in a step: Newton is past its fast phase
+ACTIVE_ROUNDS = 10  # active-set rounds of a step with loose rows (see _step)
 SELECT_LIMIT = DENSE_LIMIT // 64  # widest input of a max pool inside a chain
 TRIAL = 16  # samples each box strategy is tried on before the faster one goes first
 
@@ -179,13 +191,25 @@ class ChainSolver:
     """Joint choice of every free coefficient of a chain (see the module docstring)."""
 
     def __init__(
-        self, ops: list, top: list, n: int, bounds, settings, deadline=None, check=None, tol=0.0
+        self,
+        ops: list,
+        top: list,
+        n: int,
+        bounds,
+        settings,
+        deadline=None,
+        check=None,
+        tol=0.0,
+        region=None,
     ):
         self.ops, self.top, self.n = ops, top, n
         self.bounds, self.settings, self.deadline = bounds, settings, deadline
         # check(z) -> per-sample error of top values in the user's check space, and the level
         # (half the tolerance) at which a sample is accepted before round-off exactness.
         self.check, self.tol = check, tol
+        # region: the target's TopRegion (logit differences on the output's values) when some
+        # classes are loose; their equations become inequalities (see _loose_rows).
+        self._loose = self._loose_rows(region)
 
         self._particular: np.ndarray | None = None
         # Per box strategy (True: affine scaling, False: active set), on fresh anchors:
@@ -231,6 +255,37 @@ class ChainSolver:
                 d -= 1
                 g = (rows if g is None else g) * slopes[d][:, None, :]
         return np.broadcast_to(rows, (b, *rows.shape)) if g is None else g
+
+    def _loose_rows(self, region) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The region's rows on the top values: (D (q, m), slack (q,), loose (q,)), or None.
+
+        ``D z`` are logit differences against the likeliest class; a loose row (a probability
+        far below the tolerance, :meth:`~onnxinv.exact.program.TopRegion.for_objective`) only
+        needs ``D z − D v0 ≤ slack`` (its cap), the others stay equalities. None when no class
+        is loose, or the top is not one softmax followed by rearrangements of its values.
+        """
+        if region is None or region.loose is None or not region.loose.any():
+            return None
+        if sum(s.rule.top_only for s in self.top) > 1:
+            return None
+        D = region.D
+        for step in reversed(self.top[1:]):  # (a final reshape: a permutation of the values)
+            D = D @ step.rule.dense()[0]
+        slack = np.where(region.loose, region.cap - region.want, 0.0)
+        return np.ascontiguousarray(D), slack, region.loose.copy()
+
+    def _equations(self, V: np.ndarray, m: int) -> tuple[np.ndarray, tuple | None]:
+        """Columns ``Q`` (m, q) with ``r = Qᵀ(z − v0)``, and (slack, loose) for loose rows.
+
+        Without loose classes ``Q`` spans the complement of the family's free directions. With
+        them, ``Q``'s columns are the logit differences, which the family's free direction (the
+        softmax constant) leaves unchanged.
+        """
+        if self._loose is not None:
+            D, slack, loose = self._loose
+            if D.shape[1] == m and np.abs(D @ V).max(initial=0.0) <= 1e-9:
+                return D.T, (slack, loose)
+        return _complement(V, m), None
 
     def top_family(self, fam: Family, rng, std: float) -> Family:
         """The request pulled through the top-only rules (Softmax: ``log p + c·1``)."""
@@ -335,13 +390,12 @@ class ChainSolver:
         between the two: each rescues samples the other leaves stuck).
         """
         m = fam.v0.shape[1]
-        V = fam.V
-        Q = _complement(V, m)  # (m, q): the equations the family fixes
+        Q, hinge = self._equations(fam.V, m)  # (m, q): the equations the family fixes
         x = x.copy()
         z, slopes = self.forward(x)
-        r = (z - fam.v0) @ Q
+        r = _residual(z, fam.v0, Q, hinge)
         scale = 1.0 + np.abs(fam.v0).max(1)  # |r| is measured relative to it (no overflow)
-        norm = np.linalg.norm(r / scale[:, None], axis=1)
+        norm = np.linalg.norm(_violation(r, hinge) / scale[:, None], axis=1)
         exact = self._accepted(norm, z)
         lo, hi = self.bounds if self.bounds is not None else (None, None)
         alive = np.isfinite(norm)
@@ -360,7 +414,7 @@ class ChainSolver:
             elif lo is not None:
                 # Active set: a coordinate on a bound that the descent direction pushes
                 # outwards is frozen; the others move, and the trial point is projected.
-                g = (J.transpose(0, 2, 1) @ r[idx][:, :, None])[:, :, 0]
+                g = (J.transpose(0, 2, 1) @ _violation(r[idx], hinge)[:, :, None])[:, :, 0]
                 w[((xa <= lo) & (g > 0)) | ((xa >= hi) & (g < 0))] = 0.0
             Jw = J * w[:, None, :]
             A = Jw @ J.transpose(0, 2, 1)
@@ -373,7 +427,7 @@ class ChainSolver:
             ):  # raise each sample's damping until |r| decreases
                 k = idx[todo]
                 damped = A[todo] + (lam[k] * diag[todo])[:, None, None] * eye
-                y = np.linalg.solve(damped, -r[k][:, :, None])
+                y = _step(damped, r[k], hinge)
                 dx = (Jw[todo].transpose(0, 2, 1) @ y)[:, :, 0]
                 if lo is not None and scaled:
                     # Fraction to the boundary: the point stays strictly inside the box.
@@ -386,8 +440,8 @@ class ChainSolver:
                 if lo is not None:
                     trial = np.clip(trial, lo, hi)
                 zt, st = self.forward(trial)
-                rt = (zt - fam.v0[k]) @ Q
-                nt = np.linalg.norm(rt / scale[k, None], axis=1)
+                rt = _residual(zt, fam.v0[k], Q, hinge)
+                nt = np.linalg.norm(_violation(rt, hinge) / scale[k, None], axis=1)
                 now = nt < norm[k]
                 rows = k[now]
                 x[rows], z[rows], r[rows], norm[rows] = trial[now], zt[now], rt[now], nt[now]
@@ -430,6 +484,49 @@ class ChainSolver:
 
     def _expired(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
+
+
+def _residual(z: np.ndarray, v0: np.ndarray, Q: np.ndarray, hinge) -> np.ndarray:
+    """``Qᵀ(z − v0)`` per sample; with ``hinge`` (slack, loose), a loose row less its slack:
+    the row is met when this is at most 0 (see :func:`_violation`)."""
+    r = (z - v0) @ Q
+    if hinge is not None:
+        r = r - hinge[0]
+    return r
+
+
+def _violation(r: np.ndarray, hinge) -> np.ndarray:
+    """The part of ``r`` that is unmet: a loose row only by how far it exceeds 0."""
+    if hinge is None:
+        return r
+    return np.where(hinge[1], np.maximum(r, 0.0), r)
+
+
+def _step(damped: np.ndarray, r: np.ndarray, hinge) -> np.ndarray:
+    """``y`` (b, q, 1) of the step ``dx = W Jᵀ y``, from ``damped = J W Jᵀ + μI`` (b, q, q).
+
+    Equations only: ``damped y = −r``. With loose rows (``hinge``), the step is the shortest
+    one (in the same metric, with the same damping) whose linearisation meets the equations
+    and keeps every loose row at most 0: treating the unmet loose rows as equations instead
+    would pin each such logit exactly at its cap, a point the box may not reach even where
+    lower logits are easy. Found by a primal-dual active set iteration on the rows, all
+    samples at once: a loose row is held (``y_i < 0``) while it would exceed 0, released
+    (``y_i = 0``) when holding it would pull it upwards.
+    """
+    if hinge is None:
+        return np.linalg.solve(damped, -r[:, :, None])
+    loose = hinge[1][None]
+    held = ~loose | (r > 0)
+    eye = np.eye(r.shape[1])
+    for _ in range(ACTIVE_ROUNDS):
+        M = np.where(held[:, :, None] & held[:, None, :], damped, eye)
+        y = np.linalg.solve(M, np.where(held, -r, 0.0)[:, :, None])
+        predicted = (damped @ y)[:, :, 0] + r  # each row after the step (0 where held)
+        now = ~loose | np.where(held, y[:, :, 0] < 0, predicted > 0)
+        if (now == held).all():
+            break
+        held = now
+    return y
 
 
 def _complement(V: np.ndarray, m: int) -> np.ndarray:
