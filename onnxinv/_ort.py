@@ -33,10 +33,17 @@ def providers(device: str = "cpu") -> list[str]:
     raise OptionError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
 
 
+#: Threads each session's operators may use (0: onnxruntime's default, one per core). A sweep's
+#: worker processes set it so that workers × threads stays within the machine's cores.
+INTRA_OP_THREADS = 0
+
+
 def session(model_bytes: bytes, device: str = "cpu") -> ort.InferenceSession:
     """An InferenceSession on serialized model bytes, single-threaded-friendly defaults."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if INTRA_OP_THREADS:
+        opts.intra_op_num_threads = INTRA_OP_THREADS
     return ort.InferenceSession(model_bytes, sess_options=opts, providers=providers(device))
 
 

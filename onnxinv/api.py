@@ -203,11 +203,7 @@ def _result(problem: ModelProblem, tgt: Target, check: Verification, out: Outcom
         bounds=s.bounds,
         settings={**s.report(), "tolerance": obj.tolerance},
         model={
-            "name": loaded.name,
-            "input": loaded.input_name,
-            "output": loaded.output_name,
-            "input_shape": list(loaded.input_shape),
-            "output_shape": list(loaded.output_shape),
+            **model_facts(loaded),
             "output_space": obj.output_space,
             "solved_on": obj.solve_on,
             "jacobians": _jacobians(residual, problem.jacobian_sources),
@@ -218,6 +214,17 @@ def _result(problem: ModelProblem, tgt: Target, check: Verification, out: Outcom
         probabilities=obj.probabilities(check.outputs),
         prior_distance=InversionResult.distances(check.inputs, s.prior),
     )
+
+
+def model_facts(loaded: model_mod.LoadedModel) -> dict[str, Any]:
+    """The model's part of report.json that does not depend on the target or the solver."""
+    return {
+        "name": loaded.name,
+        "input": loaded.input_name,
+        "output": loaded.output_name,
+        "input_shape": list(loaded.input_shape),
+        "output_shape": list(loaded.output_shape),
+    }
 
 
 def _checked(result: InversionResult, timed_out: bool, decided: str | None = None):

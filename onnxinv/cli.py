@@ -1,4 +1,4 @@
-"""Command line: ``onnxinv run``, ``onnxinv inspect``.
+"""Command line: ``onnxinv run``, ``onnxinv sweep``, ``onnxinv inspect``.
 
 Exit status: 0 every sample verified; 3 some did not (all are written, flagged); 1 bad input or
 unreachable target (one line on stderr, nothing written); 130 interrupted.
@@ -88,6 +88,9 @@ _DEBUG = click.option(
     callback=_debug,
     help="Show the traceback behind an error (also ONNXINV_DEBUG=1).",
 )
+
+
+_QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 
 
 @click.group(cls=_OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -204,7 +207,7 @@ def _settings(options: dict):
 )
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 @settings_options()
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@_QUIET
 @_DEBUG
 @_guard
 def run(model, target_path, out, overwrite, quiet, **options) -> None:
@@ -242,6 +245,81 @@ def run(model, target_path, out, overwrite, quiet, **options) -> None:
             f"in {t['total']:.2f} s -> {path}"
         )
     sys.exit(EXIT_OK if result.all_verified else EXIT_UNVERIFIED)
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--classes",
+    default="all",
+    show_default=True,
+    help="'all' (every class of each model's output) or class indices such as 0,3,7.",
+)
+@click.option(
+    "--confidence",
+    type=float,
+    default=0.9,
+    show_default=True,
+    help="Each target's class probability; the other classes share the rest evenly.",
+)
+@click.option("--tolerance", type=float, default=1e-4, show_default=True,
+              help="Largest output difference a verified sample may have.")  # fmt: skip
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=Path("runs/sweep"),
+    show_default=True,
+    help="The sweep's folder; pairs already written there are skipped.",
+)
+@click.option(
+    "--workers",
+    "-j",
+    type=int,
+    help="Processes on this machine [default: one per core; 1: in this process]; with --ray, "
+    "the most tasks in flight.",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    metavar="ADDRESS|auto",
+    help="Run the pairs on an existing Ray cluster (needs the 'ray' extra).",
+)
+@click.option("--overwrite", is_flag=True, help="Redo every pair, replacing earlier shards.")
+@settings_options()
+@_QUIET
+@_DEBUG
+@_guard
+def sweep(
+    models, classes, confidence, tolerance, out, workers, ray_address, overwrite, quiet, **options
+) -> None:
+    """Invert every MODEL for every class at --confidence; write shards, a summary and a figure.
+
+    Exit status: 0 every sample of every pair verified; 3 some did not (unreachable targets
+    included; every pair has its shard); 1 bad input, or a pair failed twice (the others are
+    kept: rerun to retry it); 130 interrupted (finished pairs are kept).
+    """
+    from .sweeps import sweep as run_sweep
+
+    settings = _settings(options)
+    try:
+        summary = run_sweep(
+            [str(m) for m in models], classes=classes, confidence=confidence, out=out,
+            workers=workers, ray=ray_address, tolerance=tolerance, overwrite=overwrite,
+            progress=not quiet and sys.stderr.isatty(), settings=settings,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        _fail(f"interrupted; finished pairs are kept in {out}: rerun to resume", EXIT_INTERRUPTED)
+    if not quiet:
+        click.echo(summary.markdown(), nl=False)
+        click.echo(summary.line())
+    if summary.failed:
+        first = summary.failed[0]
+        _fail(
+            f"{len(summary.failed)} of {len(summary)} pairs failed ({first.model} class "
+            f"{first.cls}: {first.reason}); the others are in {out}: rerun to retry"
+        )
+    sys.exit(EXIT_OK if summary.all_verified else EXIT_UNVERIFIED)
 
 
 @main.command()

@@ -85,6 +85,34 @@ def image_shape(shape: tuple[int, ...]) -> tuple[int, int, int] | None:
     return None
 
 
+def pixels(x: np.ndarray, shape: tuple[int, int, int], bounds) -> np.ndarray:
+    """Samples ``x`` (N, ...) as (N, C, H, W) uint8 images of ``shape`` (C, H, W).
+
+    Values are scaled from ``bounds`` (lo, hi) to 0-255, or from each sample's own range when
+    there are no bounds.
+    """
+    c, h, w = shape
+    x = np.asarray(x).reshape(len(x), c, h, w).astype(np.float64)
+    if bounds is not None:
+        lo, hi = bounds
+        x = (x - lo) / (hi - lo)
+    else:
+        mn = x.reshape(len(x), -1).min(1)[:, None, None, None]
+        mx = x.reshape(len(x), -1).max(1)[:, None, None, None]
+        x = (x - mn) / np.maximum(mx - mn, 1e-12)
+    return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
+
+
+def picture(image: np.ndarray, scale: int):
+    """One (C, H, W) uint8 image as an RGB PIL image, each pixel a ``scale``×``scale`` block."""
+    from PIL import Image
+
+    c, h, w = image.shape
+    arr = image[0] if c == 1 else image.transpose(1, 2, 0)
+    img = Image.fromarray(arr, "L" if c == 1 else "RGB")
+    return img.resize((w * scale, h * scale), Image.NEAREST).convert("RGB")
+
+
 def grid_image(result: InversionResult, tile: int = 64):
     """A labelled grid of the samples as a PIL image, or None when inputs are not images."""
     shape = image_shape(result.input_shape)
@@ -93,15 +121,7 @@ def grid_image(result: InversionResult, tile: int = 64):
     from PIL import Image, ImageDraw
 
     c, h, w = shape
-    x = result.inputs.reshape(len(result.inputs), c, h, w).astype(np.float64)
-    if result.bounds is not None:
-        lo, hi = result.bounds
-        x = (x - lo) / (hi - lo)
-    else:
-        mn = x.reshape(len(x), -1).min(1)[:, None, None, None]
-        mx = x.reshape(len(x), -1).max(1)[:, None, None, None]
-        x = (x - mn) / np.maximum(mx - mn, 1e-12)
-    x = (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
+    x = pixels(result.inputs, shape, result.bounds)
     n = len(x)
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
@@ -112,11 +132,9 @@ def grid_image(result: InversionResult, tile: int = 64):
     draw = ImageDraw.Draw(canvas)
     labels = result.labels()
     for i in range(n):
-        arr = x[i, 0] if c == 1 else x[i].transpose(1, 2, 0)
-        img = Image.fromarray(arr, "L" if c == 1 else "RGB").resize((tw, th), Image.NEAREST)
         col, row = i % cols, i // cols
         px, py = 4 + col * (tw + 4), 4 + row * (th + label_h + 4)
-        canvas.paste(img.convert("RGB"), (px, py))
+        canvas.paste(picture(x[i], scale), (px, py))
         colour = (0, 110, 0) if result.verified[i] else (190, 0, 0)
         draw.text((px, py + th + 1), labels[i], fill=colour)
     return canvas
