@@ -291,9 +291,15 @@ def reachable_target(model_path: Path, digit: int = REACHABLE_DIGIT) -> dict[str
     """The model's own probabilities on the first validation image of ``digit``."""
     data = np.load(MODELS_DIR / "digits_val.npz")
     idx = int(np.flatnonzero(data["y"] == digit)[0])
+    return output_target(model_path, data["x"][idx])
+
+
+def output_target(model_path: Path, image: np.ndarray) -> dict[str, Any]:
+    """The model's own probabilities on ``image`` (any shape with the input's size), as a
+    distribution target: reachable by construction (zeros floored at 1e-12, renormalised)."""
     sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
-    x = data["x"][idx : idx + 1].reshape([1] + [int(d) for d in inp.shape[1:]])  # CNNs: images
+    x = np.asarray(image, dtype=np.float32).reshape([1] + [int(d) for d in inp.shape[1:]])
     p = np.asarray(sess.run(None, {inp.name: x})[0], dtype=np.float64).ravel()
     p = p / p.sum()
     p = np.maximum(p, 1e-12)

@@ -25,9 +25,8 @@ def paper_backward(
     Raises:
         ValueError: the model is not one invertible block (the paper's method does not apply).
     """
-    lm = model_mod.load(model_path)
-    part = partition(lm, default_registry())
-    if not part.fully_invertible or len(part.blocks) != 1:
+    part = one_invertible_block(model_path)
+    if part is None:
         raise ValueError("BackPassInv needs a model that is one invertible block")
     rng = np.random.default_rng(seed)
     y = np.repeat(np.asarray(target, dtype=np.float64).reshape(1, -1), samples, 0)
@@ -50,3 +49,10 @@ def paper_backward(
             ok[:] = False
             break
     return y, ok
+
+
+def one_invertible_block(model_path: str):
+    """The model's partition when it is one invertible block (where the backward pass needs no
+    LM), else None."""
+    part = partition(model_mod.load(model_path), default_registry())
+    return part if part.fully_invertible and len(part.blocks) == 1 else None

@@ -57,20 +57,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'N':>8}  {'method':>8}  {'verified':>8}  {'seconds':>8}  {'verified/s':>10}  "
           f"{'vs auto':>7}  {'vs forward':>10}  {'peak RSS MB':>11}")  # fmt: skip
     for n in args.sizes:
-        rows = {}
-        for method in args.methods:
-            out = subprocess.run(
-                [sys.executable, "-c", CHILD, args.model, target, method, str(n)],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            rows[method] = json.loads(out.stdout.strip().splitlines()[-1])
-            rows[method]["rate"] = rows[method]["verified"] / rows[method]["seconds"]
+        rows = {method: measure(args.model, target, method, n) for method in args.methods}
         for method, row in rows.items():
             ratios = [_ratio(row, rows.get(ref)) for ref in ("auto", "forward")]
             print(f"{n:>8}  {method:>8}  {row['verified']:>8}  {row['seconds']:>8.2f}  "
                   f"{row['rate']:>10.0f}  {ratios[0]:>7}  {ratios[1]:>10}  "
                   f"{row['peak_mb']:>11.0f}")  # fmt: skip
     return 0
+
+
+def measure(model: str, target: str, method: str, n: int) -> dict:
+    """``n`` samples through ``method`` in a fresh process (after a warm-up of 8 there):
+    ``{"n", "verified", "seconds", "peak_mb", "rate"}``, ``rate`` in verified samples/s."""
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(model), str(target), method, str(n)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    row["rate"] = row["verified"] / row["seconds"]
+    return row
 
 
 def _ratio(row: dict, ref: dict | None) -> str:
