@@ -74,13 +74,19 @@ def _num(v: float, fmt: str = ".3g") -> str:
     return "inf" if math.isinf(v) else format(v, fmt)
 
 
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """A Markdown table's lines: the header, its rule, one line per row of cells."""
+    lines = [header, ["---"] * len(header), *rows]
+    return ["| " + " | ".join(str(c) for c in cells) + " |" for cells in lines]
+
+
 def table(rows: Sequence[dict[str, Any]], refs: Sequence[dict[str, Any]]) -> str:
     header = [
         "model", "method", "verified: 0.9 targets", "verified: real outputs",
         "proven unreachable", "median error", "worst error", "s / verified", "vs auto",
         "iterations", "pairwise", "nearest train", "MIFace own",
     ]  # fmt: skip
-    lines = [header, ["---"] * len(header)]
+    lines = []
     for r in rows:
         if r["not_applicable"]:
             lines.append([r["model"], r["method"], "n/a", "n/a", *["–"] * (len(header) - 4)])
@@ -107,63 +113,65 @@ def table(rows: Sequence[dict[str, Any]], refs: Sequence[dict[str, Any]]) -> str
         cells = [ref["data_set"], f"validation images ({ref['images']})"]
         cells += ["–"] * 8 + [f"{ref['pairwise']:.2f}", f"{ref['nearest_train']:.2f}", "–"]
         lines.append(cells)
-    return "\n".join("| " + " | ".join(c) + " |" for c in lines)
+    return "\n".join(_markdown(header, lines))
 
 
 def _rate_table(rate: Sequence[dict[str, Any]]) -> str:
-    lines = [
-        "| model | target | samples | verified | seconds | verified/s | per verified sample (inf: "
-        "the other verified none): "
-        "gd / backward | MIFace / backward | MIFace (own criterion) / backward |",
-        "|---|---|---|---|---|---|---|---|---|",
+    header = [
+        "model", "target", "samples", "verified", "seconds", "verified/s",
+        "per verified sample (inf: the other verified none): gd / backward",
+        "MIFace / backward", "MIFace (own criterion) / backward",
+    ]  # fmt: skip
+    rows = [
+        [
+            r["model"],
+            f"{r['target']} at 0.9",
+            r["samples"],
+            f"{r['verified']}{' (timeout)' if r['timed_out'] else ''}",
+            f"{r['seconds']:.2f}",
+            f"{r['rate']:.0f}",
+            fmt_ratio(r["vs_gd"]),
+            fmt_ratio(r["vs_miface"]),
+            fmt_ratio(r["vs_miface_own"]),
+        ]  # fmt: skip
+        for r in rate
     ]
-    for r in rate:
-        lines.append(
-            f"| {r['model']} | {r['target']} at 0.9 | {r['samples']} | {r['verified']}"
-            f"{' (timeout)' if r['timed_out'] else ''} | "
-            f"{r['seconds']:.2f} | {r['rate']:.0f} | {fmt_ratio(r['vs_gd'])} | "
-            f"{fmt_ratio(r['vs_miface'])} | {fmt_ratio(r['vs_miface_own'])} |"
-        )
-    return "\n".join(lines)
+    return "\n".join(_markdown(header, rows))
 
 
 def _vit_table(vit: Sequence[dict[str, Any]]) -> str:
-    lines = [
-        "| model | verified: 0.9 targets | verified: real outputs | s / verified (wall) | "
-        "s / verified (solve) | model cost per iteration (batch) | floor per sample (30 it.) | "
-        "wall / floor | solve / floor | mean iterations | solve / floor at those |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = [
+        "model", "verified: 0.9 targets", "verified: real outputs", "s / verified (wall)",
+        "s / verified (solve)", "model cost per iteration (batch)", "floor per sample (30 it.)",
+        "wall / floor", "solve / floor", "mean iterations", "solve / floor at those",
+    ]  # fmt: skip
+    rows = []
     for v in vit:
         ok = v["verified"]
         wall = v["seconds"] / ok if ok else math.inf
         solve = v["solve_seconds"] / ok if ok else math.inf
-        lines.append(
-            f"| {v['model']} | {_share(v['class'])} | {_share(v['real'])} | {_num(wall)} | "
-            f"{_num(solve)} | {v['cost']:.3g} s ({v['chunk']}) | {v['floor']:.3g} | "
-            f"{fmt_ratio(wall / v['floor'])} | {fmt_ratio(solve / v['floor'])} | "
-            f"{_num(v['iterations'], '.1f')} | "
-            f"{fmt_ratio(solve / v['floor_used']) if v['floor_used'] else 'n/a'} |"
-        )
-    return "\n".join(lines)
+        rows.append([
+            v["model"], _share(v["class"]), _share(v["real"]), _num(wall), _num(solve),
+            f"{v['cost']:.3g} s ({v['chunk']})", f"{v['floor']:.3g}",
+            fmt_ratio(wall / v["floor"]), fmt_ratio(solve / v["floor"]),
+            _num(v["iterations"], ".1f"),
+            fmt_ratio(solve / v["floor_used"]) if v["floor_used"] else "n/a",
+        ])  # fmt: skip
+    return "\n".join(_markdown(header, rows))
 
 
 def _memory_table(mem: dict[str, Any]) -> str:
     rows = mem["rows"]
+    cells = [
+        [r["n"], r["verified"], f"{r['seconds']:.2f}", f"{r['rate']:.0f}", f"{r['peak_mb']:.0f}"]
+        for r in rows
+    ]
+    first, last = rows[0], rows[-1]
     lines = [
         f"`auto` on {mem['model']}, {mem['target']} at 0.9, each N in a fresh process "
         "(`bench/scale.py`'s measurement):",
         "",
-        "| N | verified | seconds | verified/s | peak RSS MB |",
-        "|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['n']} | {r['verified']} | {r['seconds']:.2f} | {r['rate']:.0f} | "
-            f"{r['peak_mb']:.0f} |"
-        )
-    first, last = rows[0], rows[-1]
-    lines += [
+        *_markdown(["N", "verified", "seconds", "verified/s", "peak RSS MB"], cells),
         "",
         f"Peak RSS {first['peak_mb']:.0f} MB at N = {first['n']}, {last['peak_mb']:.0f} MB at "
         f"N = {last['n']} ({last['peak_mb'] / first['peak_mb']:.2f}x for {last['n'] / first['n']:.0f}x "
