@@ -30,6 +30,7 @@ from .solvers.collapse import MARGIN, box, collapse, interval_bounds, joint_coll
 
 EXACT_RESIDUAL = 1e-6  # a family farther than this from the rules' range is not exact
 SOLVE_TOLERANCE = 1e-7  # max |residual| an intermediate LM solve aims for
+COORDINATE_LIMIT = 4_000_000  # entries of a family's fixed-direction basis, at most
 
 
 class FamilyObjective:
@@ -38,7 +39,16 @@ class FamilyObjective:
     def __init__(self, family: Family):
         self.v0 = family.v0
         self.V = family.V
-        self.size = family.v0.shape[1]
+        d, free = family.V.shape
+        # Coordinates in the directions the family fixes (orthonormal, d − free of them): one
+        # residual per equation, so each Jacobian costs d − free backward passes, not d.
+        # (Past COORDINATE_LIMIT entries the basis costs more memory than it saves.)
+        self.Q = None
+        if free and d * (d - free) <= COORDINATE_LIMIT:
+            from scipy.linalg import null_space
+
+            self.Q = null_space(family.V.T)
+        self.size = d - free if self.Q is not None else d
 
     def residual(self, y, index=None):
         import torch
@@ -47,21 +57,25 @@ class FamilyObjective:
         if index is not None:
             v0 = v0[index]
         e = y.reshape(y.shape[0], -1) - v0
+        if self.Q is not None:
+            return e @ torch.as_tensor(self.Q, dtype=y.dtype, device=y.device)
         if self.V.shape[1]:
             V = torch.as_tensor(self.V, dtype=y.dtype, device=y.device)
             e = e - (e @ V) @ V.T
         return e
 
     def error_from_residual(self, r):
-        return r.abs().amax(1)
+        # The Euclidean norm of the coordinates bounds the largest miss in any direction.
+        return r.norm(dim=1) if self.Q is not None else r.abs().amax(1)
 
 
 @dataclass
 class PlanOutcome:
-    """Flat inputs (B, n) and whether each came out of the plan exactly."""
+    """Flat inputs (B, n), whether each came out of the plan exactly, and its LM iterations."""
 
     x: np.ndarray
     exact: np.ndarray
+    iterations: np.ndarray | None = None
 
 
 def initial_family(objective: Objective, b: int) -> Family:
@@ -299,6 +313,7 @@ class Plan:
                 f"{exc}, for LM on the block {src!r} -> {dst!r} ({', '.join(ops[:6])})"
             ) from None
         exact &= out.converged.numpy()
+        self._iterations += out.iterations.numpy()
         return Family.point(out.x.numpy())
 
     def _reachable_starts(self, src: str):
@@ -358,8 +373,28 @@ class Plan:
             self._runners[(src, dst)] = run
         return self._runners[(src, dst)]
 
+    def _pullable_below(self, block: Block) -> bool:
+        """Whether every block below ``block`` is pulled back exactly (no LM below it).
+
+        Only then is any value LM finds at ``block``'s input reachable from the model's input:
+        below an opaque block (a patch embedding beside a constant class token) or a layer that
+        is not onto, LM on ``block`` alone aims at values nothing below can produce.
+        """
+        blocks = self.part.blocks
+        for i, b in enumerate(blocks[: blocks.index(block)]):
+            chained = i == 0 and self._chain is not None
+            if b.kind != "invertible" or (self._splits.get(id(b)) is not None and not chained):
+                return False
+        return True
+
     # -- the whole plan ---------------------------------------------------------------------------
     def run(self, b: int, rng: np.random.Generator) -> PlanOutcome:
+        out = self._run(b, rng)
+        out.iterations = self._iterations
+        return out
+
+    def _run(self, b: int, rng: np.random.Generator) -> PlanOutcome:
+        self._iterations = np.zeros(b, dtype=np.int64)
         fam = initial_family(self.objective, b)
         exact = np.ones(b, dtype=bool)
         n = self.sizes[self.part.input]
@@ -377,9 +412,16 @@ class Plan:
                 if split is None:
                     fam = below
                     continue
-                fam = self._solve(block.input, split[0], split[1], rng, exact)
+                dst, fam = split
             else:
-                fam = self._solve(block.input, block.output, fam, rng, exact)
+                dst = block.output
+            if not self._pullable_below(block):
+                # What LM would find at this block's input need not be reachable from the
+                # model's input: solve from the input up to here at once (the forward pass on
+                # the family the exact tail asks for).
+                fam = self._solve(self.part.input, dst, fam, rng, exact)
+                break
+            fam = self._solve(block.input, dst, fam, rng, exact)
         lo, hi = (np.full(n, v) for v in self.bounds) if self.bounds else box(None, n, 0.0)
         x, ok = collapse(fam, lo, hi, rng, self.settings.std, self.deadline)
         exact &= ok & (fam.residual <= EXACT_RESIDUAL)

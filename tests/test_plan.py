@@ -102,6 +102,45 @@ def test_lm_runs_only_on_the_opaque_block(bounds, lm_calls):
     assert pairwise_gap(out.x[out.exact]) > 1e-3
 
 
+class Token(nn.Module):
+    """A ViT's front in miniature: a learned patch map beside a constant class token, plus a
+    position embedding (an invertible Add between two opaque blocks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Linear(4, 4)
+        self.token = nn.Parameter(torch.randn(1, 2))
+        self.pos = nn.Parameter(torch.randn(1, 6))
+
+    def forward(self, x):
+        h = torch.tanh(self.patch(x)) * x  # no inverse rule: opaque
+        return torch.cat([self.token + 0 * x[:, :2], h], 1) + self.pos  # batch-free export
+
+
+def token_case() -> Case:
+    torch.manual_seed(1)
+    m = nn.Sequential(Token(), Residual(6), nn.Linear(6, 3), nn.Softmax(-1)).eval()
+    p = reachable(m, 4, seed=2, bounds=(-1.0, 1.0))
+    settings = Settings(samples=6, seed=0, bounds=(-1.0, 1.0))
+    target = {"distribution": (p / p.sum()).tolist()}
+    return Case("token", m, export_bytes(m, 4), target, "probabilities", settings)
+
+
+def test_lm_below_an_opaque_block_runs_from_the_input(lm_calls):
+    """Values LM could find for the upper opaque block alone include a class token the lower
+    block never outputs: the plan solves from the model's input up to the exact tail at once."""
+    c = token_case()
+    problem, plan, out = run(c, 6)
+    kinds = [b.kind for b in problem.partition.blocks]
+    assert kinds.count("opaque") == 2, kinds
+    top = [b for b in problem.partition.blocks if b.kind == "opaque"][-1]
+    assert lm_calls == [(problem.partition.input, top.output)]
+    assert out.exact.sum() >= 5
+    assert (c.ort_errors(out.x[out.exact]) <= c.tolerance).all()
+    assert out.x.min() >= -1 and out.x.max() <= 1
+    assert (out.iterations > 0).all()
+
+
 def test_a_chain_with_an_expanding_layer_needs_no_lm(lm_calls):
     """2 inputs -> 5 hidden: the layer-by-layer pullback cannot be exact there, but the chain's
     joint choice (the input determines every layer) solves it exactly, with no LM."""

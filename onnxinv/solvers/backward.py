@@ -28,16 +28,17 @@ class BackwardSolver(Solver):
     def solve(self, k, rng, x0=None, on_progress=None) -> Outcome:
         """``k`` samples in chunks of ``chunk_size``; ``x0`` is ignored (the plan draws)."""
         size = self.problem.settings.chunk_size
-        xs, exact = [], []
+        xs, exact, iterations = [], [], []
         for first in range(0, k, size):
             n = min(size, k - first)
             out = self.plan.run(n, rng)
             xs.append(out.x)
             exact.append(out.exact)
+            iterations.append(out.iterations)
             if on_progress is not None:
                 on_progress(n)
         path = "backward+lm" if self.plan.used_lm else "backward"
         self.problem.jacobian_sources |= self.plan.jacobian_sources
         error = np.where(np.concatenate(exact), 0.0, np.nan)  # the check judges inexact ones
-        return Outcome(np.concatenate(xs), error, np.zeros(k, dtype=np.int64), [path] * k,
+        return Outcome(np.concatenate(xs), error, np.concatenate(iterations), [path] * k,
                        list(self.plan.notes))  # fmt: skip
