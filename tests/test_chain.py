@@ -325,3 +325,37 @@ def test_the_box_strategy_that_reaches_more_per_second_goes_first(bounds, scaled
         if rec is not None:
             solver._record[key] += rec
     assert solver._preferred() is want
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["per-sample", "shared"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("mu", [1e-8, 1.0])
+def test_the_box_step_is_the_bounded_least_squares_step(shared, dtype, mu):
+    """``_box_step`` returns the minimiser of ``½|dx|² + |J dx + r|²/(2μ)`` over the box's
+    room, the one scipy's bounded least squares finds, for every sample at once; with a small
+    damping and a reachable linearisation it meets ``J dx = −r``."""
+    from scipy.optimize import lsq_linear
+
+    from onnxinv.solvers.chain import _box_step
+
+    rng = np.random.default_rng(3)
+    b, q, n = 6, 3, 20
+    J = rng.standard_normal((1 if shared else b, q, n))
+    x = rng.uniform(0, 1, (b, n))
+    x[:, :4] = 0.0  # some coordinates start on a bound
+    want = rng.uniform(0, 1, (b, n))  # a point of the box: J (want − x) is reachable
+    r = -np.einsum("bqn,bn->bq", np.broadcast_to(J, (b, q, n)), want - x)
+    A = J @ J.transpose(0, 2, 1)
+    mus = np.full(b, mu)
+    dx = _box_step(J.astype(dtype), A, r, x, 0.0, 1.0, mus)
+    assert dx.shape == (b, n) and dx.dtype == np.float64
+    assert (x + dx >= 0).all() and (x + dx <= 1).all()
+    tol = 1e-4 if dtype == np.float32 else 1e-8
+    for i in range(b):
+        Ji = J[0 if shared else i]
+        stacked = np.vstack([np.eye(n), Ji / np.sqrt(mu)])
+        rhs = np.concatenate([np.zeros(n), -r[i] / np.sqrt(mu)])
+        best = lsq_linear(stacked, rhs, bounds=(-x[i], 1 - x[i]), tol=1e-14).x
+        assert np.abs(dx[i] - best).max() <= tol * max(1.0, np.abs(best).max())
+        if mu < 1e-6:
+            assert np.abs(Ji @ dx[i] + r[i]).max() <= 1e-5

@@ -25,11 +25,16 @@ interior Newton iteration:
   the particular solution plus a random vector of relative size ``--std``), so samples differ
   and the steps only move them as far as the target requires.
 
-* the box is handled by one of two strategies, affine scaling (stay strictly inside) or an
-  active set (coordinates on a bound that the step pushes outwards are frozen, the trial point
-  projected); which one reaches more samples per second depends on the net and the target
-  (a real digit's preimages have pixels on the bounds), so each run tries both on a few
-  samples, starts every batch with the faster, and gives leftovers to the other.
+* the box is handled by one of two strategies, affine scaling (stay strictly inside) or
+  projection: the step is the damped least-squares step restricted to the box, solved in its
+  q-dimensional dual by semismooth Newton (:func:`_box_step`), so the linearisation still
+  holds where pixels sit on a bound (with loose classes, the older active set: coordinates on
+  a bound that the step pushes outwards are frozen, the trial point clipped). Which one
+  reaches more samples per second depends on the net and the target (a real digit's
+  preimages have pixels on the bounds; deep nets favour staying inside), so each run tries
+  both on a few samples, starts every batch with the faster, and gives leftovers to the other.
+* the per-sample Jacobian sweep runs in single precision (most of a step's cost); residuals
+  and acceptance are float64.
 
 Newton converges quadratically, so a sample is accepted when ``|r|`` is at round-off level
 (``EXACT``): the request is met exactly, not to a tolerance; or, for targets with
@@ -70,8 +75,10 @@ STALL = 30  # iterations over which |r| must fall by STALL_FACTOR
 STALL_FACTOR = 0.9
 SLOW = 0.1  # |r| falling by less than this factor in a step: Newton is past its fast phase
 ACTIVE_ROUNDS = 10  # active-set rounds of a step with loose rows (see _step)
+BOX_ROUNDS = 12  # semismooth Newton rounds of a step inside the box (see _box_step)
 SELECT_LIMIT = DENSE_LIMIT // 64  # widest input of a max pool inside a chain
 TRIAL = 16  # samples each box strategy is tried on before the faster one goes first
+JACOBIAN_DTYPE = np.float32  # per-sample Jacobian rows (see ChainSolver.jacobian)
 
 
 def _reshape(rule) -> bool:
@@ -90,6 +97,9 @@ class _Affine:
 
     M: np.ndarray
     c: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.low = self.M.astype(JACOBIAN_DTYPE)  # for the Jacobian sweep
 
 
 @dataclass
@@ -175,7 +185,7 @@ def _scatter(g: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
     """(b, k, n): each column j of ``g`` (b, k, m) added at input ``idx[:, j]`` of its sample
     (windows may overlap, so several outputs can select one input)."""
     b, k, m = g.shape
-    out = np.zeros((b * k, n))
+    out = np.zeros((b * k, n), dtype=g.dtype)
     rows = np.repeat(np.arange(b * k), m)
     cols = np.repeat(idx, k, axis=0).ravel()
     np.add.at(out, (rows, cols), g.reshape(-1))
@@ -236,7 +246,10 @@ class ChainSolver:
         """``rows @ dz/dx`` (B, k, n) by one backward sweep; ``rows`` (k, m) acts on the top.
 
         Products with a layer's matrix are one matrix product over the whole batch (the batch
-        and the rows flattened together), not one per sample.
+        and the rows flattened together), not one per sample. Once the rows differ per sample
+        they are carried in single precision (``JACOBIAN_DTYPE``): the sweep is most of a
+        Newton step's cost, and a step from a Jacobian good to 1e-7 still converges (the
+        residual itself is always float64, and a sample is accepted on it).
         """
         b = len(slopes[0]) if slopes else 1
         g = None  # (b, k, width), once a slope has made the rows differ per sample
@@ -246,14 +259,15 @@ class ChainSolver:
                 if g is None:
                     rows = rows @ op.M
                 else:
-                    g = (g.reshape(-1, g.shape[2]) @ op.M).reshape(b, len(rows), -1)
+                    g = (g.reshape(-1, g.shape[2]) @ op.low).reshape(b, len(rows), -1)
             elif isinstance(op, _Select):
                 d -= 1
                 g = np.broadcast_to(rows, (b, *rows.shape)) if g is None else g
                 g = _scatter(g, slopes[d], op.n_in)
             else:
                 d -= 1
-                g = (rows if g is None else g) * slopes[d][:, None, :]
+                slope = slopes[d][:, None, :].astype(JACOBIAN_DTYPE)
+                g = (rows.astype(JACOBIAN_DTYPE) if g is None else g) * slope
         return np.broadcast_to(rows, (b, *rows.shape)) if g is None else g
 
     def _loose_rows(self, region) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -408,17 +422,19 @@ class ChainSolver:
             xa = x[idx]
             J = self.jacobian([s_[idx] for s_ in slopes], Q.T)  # (k, q, n)
             w = np.ones_like(xa)
+            projected = lo is not None and not scaled and hinge is None
             if lo is not None and scaled:
                 # Affine scaling: a coordinate close to a bound moves little.
                 w = np.minimum(xa - lo, hi - xa) ** 2
-            elif lo is not None:
+            elif lo is not None and not projected:
                 # Active set: a coordinate on a bound that the descent direction pushes
                 # outwards is frozen; the others move, and the trial point is projected.
-                g = (J.transpose(0, 2, 1) @ _violation(r[idx], hinge)[:, :, None])[:, :, 0]
+                g = _times_t(J, _violation(r[idx], hinge))
                 w[((xa <= lo) & (g > 0)) | ((xa >= hi) & (g < 0))] = 0.0
-            Jw = J * w[:, None, :]
-            A = Jw @ J.transpose(0, 2, 1)
+            Jw = J if projected or lo is None else J * w[:, None, :].astype(J.dtype)
+            A = (Jw @ J.transpose(0, 2, 1)).astype(np.float64)
             diag = np.trace(A, axis1=1, axis2=2) / Q.shape[1] + 1e-300
+            diag = np.broadcast_to(diag, len(idx))  # (one A for all when the batch shares J)
             eye = np.eye(Q.shape[1])
             better = np.zeros(len(idx), dtype=bool)
             todo = np.flatnonzero(diag > 1e-200)  # no coordinate free to move: stuck
@@ -426,9 +442,16 @@ class ChainSolver:
                 TRIES if todo.size else 0
             ):  # raise each sample's damping until |r| decreases
                 k = idx[todo]
-                damped = A[todo] + (lam[k] * diag[todo])[:, None, None] * eye
-                y = _step(damped, r[k], hinge)
-                dx = (Jw[todo].transpose(0, 2, 1) @ y)[:, :, 0]
+                # (J, Jw and A may be one matrix shared by the batch: a linear chain)
+                whole = len(todo) == len(idx)
+                Jt, Jwt, At = (a if len(a) == 1 or whole else a[todo] for a in (J, Jw, A))
+                if projected:
+                    # The step solves the linearisation inside the box, not clipped after.
+                    dx = _box_step(Jt, At, r[k], xa[todo], lo, hi, lam[k] * diag[todo])
+                else:
+                    damped = At + (lam[k] * diag[todo])[:, None, None] * eye
+                    y = _step(damped, r[k], hinge)
+                    dx = _times_t(Jwt, y[:, :, 0])
                 if lo is not None and scaled:
                     # Fraction to the boundary: the point stays strictly inside the box.
                     xt_ = xa[todo]
@@ -527,6 +550,82 @@ def _step(damped: np.ndarray, r: np.ndarray, hinge) -> np.ndarray:
             break
         held = now
     return y
+
+
+def _box_step(J, A, r, x, lo, hi, mu) -> np.ndarray:
+    """The damped Gauss–Newton step that stays in the box, for every sample at once.
+
+    ``dx`` minimises ``½|dx|² + |J dx + r|²/(2μ)`` subject to ``lo ≤ x + dx ≤ hi``. Its dual
+    is a ``q``-dimensional equation, ``F(y) = J clip(Jᵀy) + r + μy = 0`` (the clip to the
+    box's room ``[lo − x, hi − x]``), piecewise linear and monotone: semismooth Newton on
+    ``y`` (``(J W Jᵀ + μI) δ = −F``, ``W`` the coordinates the clip leaves free) ends when the
+    free set stops changing, and then ``F = 0`` exactly. Clipping an unconstrained step
+    instead breaks the linearisation wherever a coordinate meets a bound; this step keeps it,
+    so the outer Newton iteration keeps its pace at the box's faces. ``A = J Jᵀ``; ``J`` and
+    ``A`` may be one matrix shared by the batch (a linear chain). ``J W Jᵀ`` is kept up to
+    date by the few coordinates whose state changes in a round, not recomputed.
+    """
+    a, b = lo - x, hi - x
+    k, q = len(x), J.shape[1]
+    damp = mu[:, None, None] * np.eye(q)
+    y = np.linalg.solve(A + damp, -r[:, :, None])[:, :, 0]  # the step without the box
+    u = _times_t(J, y)
+    free = (u > a) & (u < b)
+    if free.all():
+        return u
+    # One Jacobian shared by the batch (a linear chain): J W Jᵀ for every W in one product.
+    shared = (J[0][:, None, :] * J[0][None]).reshape(q * q, -1).T if len(J) == 1 else None
+    if shared is not None:
+        H = (free @ shared).reshape(k, q, q)
+    else:
+        H = ((J * free[:, None, :]) @ J.transpose(0, 2, 1)).astype(np.float64)
+    for _ in range(BOX_ROUNDS):
+        dx = np.clip(u, a, b)
+        F = _times(J, dx) + r + mu[:, None] * y
+        y -= np.linalg.solve(H + damp, F[:, :, None])[:, :, 0]
+        u = _times_t(J, y)
+        now = (u > a) & (u < b)
+        if (now == free).all():
+            break
+        if shared is not None:
+            H = (now @ shared).reshape(k, q, q)
+        else:
+            H = H + _outer_sum(J, now != free, now)  # (+ freed, − newly clipped)
+        free = now
+    return np.clip(u, a, b)
+
+
+def _outer_sum(J: np.ndarray, mask: np.ndarray, sign: np.ndarray) -> np.ndarray:
+    """``Σ ±J[:, j] J[:, j]ᵀ`` over each sample's coordinates ``j`` in ``mask`` (+ where
+    ``sign``): (b, q, q).
+
+    A gather of the few masked columns, not a pass over every column of every sample's
+    Jacobian.
+    """
+    b, q = len(mask), J.shape[1]
+    rows, cols = np.nonzero(mask)  # (row-major: grouped by sample)
+    out = np.zeros((b, q, q))
+    if rows.size == 0:
+        return out
+    C = J[rows, :, cols].astype(np.float64)  # (m, q)
+    S = np.where(sign[rows, cols], 1.0, -1.0)[:, None] * C
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    out[rows[starts]] = np.add.reduceat(S[:, :, None] * C[:, None, :], starts, axis=0)
+    return out
+
+
+def _times(J: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``J v`` per sample: (b, q) from (b or 1, q, n) and (b, n)."""
+    v = v.astype(J.dtype, copy=False)
+    out = v @ J[0].T if len(J) == 1 else (J @ v[:, :, None])[:, :, 0]
+    return out.astype(np.float64, copy=False)
+
+
+def _times_t(J: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``Jᵀ y`` per sample: (b, n) from (b or 1, q, n) and (b, q)."""
+    y = y.astype(J.dtype, copy=False)
+    out = y @ J[0] if len(J) == 1 else (y[:, None, :] @ J)[:, 0]
+    return out.astype(np.float64, copy=False)
 
 
 def _complement(V: np.ndarray, m: int) -> np.ndarray:
