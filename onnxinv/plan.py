@@ -36,15 +36,16 @@ COORDINATE_LIMIT = 4_000_000  # entries of a family's fixed-direction basis, at 
 class FamilyObjective:
     """Residual of a sub-model's output against per-sample families ``v0[b] + V u``."""
 
-    def __init__(self, family: Family):
+    def __init__(self, family: Family, coordinates: bool = True):
         self.v0 = family.v0
         self.V = family.V
         d, free = family.V.shape
         # Coordinates in the directions the family fixes (orthonormal, d − free of them): one
         # residual per equation, so each Jacobian costs d − free backward passes, not d.
-        # (Past COORDINATE_LIMIT entries the basis costs more memory than it saves.)
+        # (Past COORDINATE_LIMIT entries the basis costs more memory than it saves; without
+        # ``coordinates`` the residual keeps the values' own axes, as the objective's does.)
         self.Q = None
-        if free and d * (d - free) <= COORDINATE_LIMIT:
+        if coordinates and free and d * (d - free) <= COORDINATE_LIMIT:
             from scipy.linalg import null_space
 
             self.Q = null_space(family.V.T)
@@ -264,7 +265,7 @@ class Plan:
         return fam, None
 
     # -- LM on a sub-model ------------------------------------------------------------------------
-    def _solve(self, src: str, dst: str, fam: Family, rng, exact) -> Family:
+    def _solve(self, src: str, dst: str, fam: Family, rng, exact, iterations) -> Family:
         from .residual import convert_or_note, make_residual
         from .solvers.forward import ForwardSolver
 
@@ -274,7 +275,7 @@ class Plan:
             # Out of time: no conversion or LM for the blocks left; the samples stay flagged.
             exact[:] = False
             return Family.point(rng.standard_normal((b, self.sizes[src])))
-        objective = FamilyObjective(fam)
+        objective = FamilyObjective(fam, coordinates=not self._is_objective(dst))
         key = (src, dst)
         if key not in self._modules:
             self._modules[key], note = convert_or_note(self._submodel(src, dst))
@@ -313,7 +314,7 @@ class Plan:
                 f"{exc}, for LM on the block {src!r} -> {dst!r} ({', '.join(ops[:6])})"
             ) from None
         exact &= out.converged.numpy()
-        self._iterations += out.iterations.numpy()
+        iterations += out.iterations.numpy()
         return Family.point(out.x.numpy())
 
     def _reachable_starts(self, src: str):
@@ -389,12 +390,18 @@ class Plan:
 
     # -- the whole plan ---------------------------------------------------------------------------
     def run(self, b: int, rng: np.random.Generator) -> PlanOutcome:
-        out = self._run(b, rng)
-        out.iterations = self._iterations
+        iterations = np.zeros(b, dtype=np.int64)  # (LM's, per sample)
+        out = self._run(b, rng, iterations)
+        out.iterations = iterations
         return out
 
-    def _run(self, b: int, rng: np.random.Generator) -> PlanOutcome:
-        self._iterations = np.zeros(b, dtype=np.int64)
+    @property
+    def chain_only(self) -> bool:
+        """Whether a run is the chain's numpy alone (no LM, no torch): chunks may then run in
+        parallel threads."""
+        return self._chain is not None and len(self.part.blocks) == 1
+
+    def _run(self, b: int, rng: np.random.Generator, iterations: np.ndarray) -> PlanOutcome:
         fam = initial_family(self.objective, b)
         exact = np.ones(b, dtype=bool)
         n = self.sizes[self.part.input]
@@ -419,9 +426,9 @@ class Plan:
                 # What LM would find at this block's input need not be reachable from the
                 # model's input: solve from the input up to here at once (the forward pass on
                 # the family the exact tail asks for).
-                fam = self._solve(self.part.input, dst, fam, rng, exact)
+                fam = self._solve(self.part.input, dst, fam, rng, exact, iterations)
                 break
-            fam = self._solve(block.input, dst, fam, rng, exact)
+            fam = self._solve(block.input, dst, fam, rng, exact, iterations)
         lo, hi = (np.full(n, v) for v in self.bounds) if self.bounds else box(None, n, 0.0)
         x, ok = collapse(fam, lo, hi, rng, self.settings.std, self.deadline)
         exact &= ok & (fam.residual <= EXACT_RESIDUAL)

@@ -121,9 +121,10 @@ def test_default_output_folder_is_runs_model_stem(tmp_path, monkeypatch):
     check_folder(tmp_path / "runs" / "digits_1layer", BUNDLED[1], 2)
 
 
-# (max_iter, seed) on the 6-layer model with no restarts: some samples stop short of the target.
-# The first is the known setting; the others keep the test meaningful if the solver changes.
-PARTIAL = [("20", "1"), ("14", "1"), ("16", "2"), ("20", "0"), ("10", "3")]
+# (max_iter, seed) of the forward pass on the 6-layer model with no restarts: some samples stop
+# short of the target (auto's backward pass now reaches every one). The first is the known
+# setting; the others keep the test meaningful if the solver changes.
+PARTIAL = [("20", "1"), ("16", "1"), ("20", "2"), ("14", "2"), ("20", "0")]
 
 
 def test_some_samples_unverified_exit_3(tmp_path):
@@ -132,6 +133,7 @@ def test_some_samples_unverified_exit_3(tmp_path):
         res = invoke(
             "run", BUNDLED[6], "-t", TARGETS / "uniform.json", "-n", "8", "--bounds", "0,1",
             "--max-iter", max_iter, "--restarts", "0", "--seed", seed, "-o", out,
+            "--method", "forward",
         )  # fmt: skip
         assert res.exit_code in (0, 1, 3), (res.stdout, res.stderr)
         if res.exit_code == 3:

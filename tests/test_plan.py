@@ -53,9 +53,9 @@ def lm_calls(monkeypatch):
     calls: list[tuple[str, str]] = []
     solve = Plan._solve
 
-    def spy(self, src, dst, fam, rng, exact):
+    def spy(self, src, dst, fam, rng, exact, iterations):
         calls.append((src, dst))
-        return solve(self, src, dst, fam, rng, exact)
+        return solve(self, src, dst, fam, rng, exact, iterations)
 
     monkeypatch.setattr(Plan, "_solve", spy)
     return calls

@@ -8,9 +8,13 @@ minimum-norm damped step ``dx = -Jᵀ (J Jᵀ + μ I)⁻¹ r`` (an m×m solve); 
 
 Bounds use a projected step with an active set: coordinates sitting on a bound whose steepest
 descent direction points outward are frozen (their Jacobian columns removed) before the step is
-computed, and the trial point is projected onto the box. A step is accepted only when it lowers
-the residual norm, so the method is monotone; unlike clamping after an unconstrained step, the
-step is computed in the space of the coordinates that can actually move.
+computed. Coordinates the step would push past a bound then stop on it, and the step of the
+others is solved again against the residual the linear model predicts after that partial move,
+for a few rounds (:func:`box_step`): clamping an unconstrained step instead moves the free
+coordinates as if the clamped ones had made their whole move, and from a random start the
+first, long steps then land on a corner of the box. The trial point is projected onto the box
+(round-off only). A step is accepted only when it lowers the residual norm, so the method is
+monotone; the step is computed in the space of the coordinates that can actually move.
 
 Samples that stall (λ blown up, or the iteration cap reached without converging) restart from a
 fresh random point; the best point of all attempts is kept.
@@ -115,6 +119,56 @@ def damped_step(
     a = a + (lam * scale)[:, None, None] * torch.eye(n, dtype=jac.dtype, device=jac.device)
     g = jac.transpose(1, 2) @ r.unsqueeze(-1)
     return -torch.linalg.solve(a, g).squeeze(-1)
+
+
+#: Rounds of :func:`box_step`: each stops the coordinates the step pushes past a bound.
+BOX_ROUNDS = 5
+
+
+def box_step(
+    jac: torch.Tensor,
+    r: torch.Tensor,
+    lam: torch.Tensor,
+    free: torch.Tensor,
+    x: torch.Tensor,
+    lo: float,
+    hi: float,
+    deadline: float | None = None,
+    rounds: int = BOX_ROUNDS,
+) -> torch.Tensor:
+    """The damped step under the box ``lo ≤ x + dx ≤ hi``, for each sample.
+
+    The free coordinates' step is :func:`damped_step`; coordinates it carries past a bound stop
+    on the bound (a partial move, ``bound − x``), leave the free set, and the remaining free
+    coordinates solve the damped system again for the residual the linear model predicts after
+    the stopped moves, ``r + J·dx_stopped``. After ``rounds`` rounds whatever still crosses a
+    bound is left to the caller's projection.
+
+    Args:
+        jac, r, lam: as for :func:`damped_step`.
+        free: (B, n) coordinates allowed to move (the active set already removed).
+        x: (B, n) current points, inside the box.
+        lo, hi: the box.
+        deadline: as for :func:`damped_step`.
+        rounds: at most this many solves per sample.
+    """
+    free = free.clone()
+    dx = damped_step(jac, r, lam, free, deadline)
+    stopped = torch.zeros_like(dx)
+    todo = torch.arange(len(x))
+    for _ in range(rounds - 1):
+        x_new = x[todo] + dx[todo]
+        out = free[todo] & ((x_new < lo) | (x_new > hi))
+        crossing = out.any(1)
+        if not crossing.any():
+            break
+        todo, out, x_new = todo[crossing], out[crossing], x_new[crossing]
+        stopped[todo] = torch.where(out, x_new.clamp(lo, hi) - x[todo], stopped[todo])
+        free[todo] = free[todo] & ~out
+        jt = jac[todo]
+        rt = r[todo] + (jt @ stopped[todo].unsqueeze(-1)).squeeze(-1)
+        dx[todo] = stopped[todo] + damped_step(jt, rt, lam[todo], free[todo], deadline)
+    return dx
 
 
 def per_sample_bytes(m: int, n: int) -> int:
@@ -246,7 +300,10 @@ def _solve(residual, x0, settings, new_start, lo, hi, on_finish, offset) -> LMOu
             g = (ja.transpose(1, 2) @ ra.unsqueeze(-1)).squeeze(-1)
             free = ~(((xa <= lo) & (g > 0)) | ((xa >= hi) & (g < 0)))
         try:
-            dx = damped_step(ja, ra, lam[active], free, settings.deadline)
+            if bounded:
+                dx = box_step(ja, ra, lam[active], free, xa, lo, hi, settings.deadline)
+            else:
+                dx = damped_step(ja, ra, lam[active], free, settings.deadline)
         except DeadlineReached:
             timed_out = True
             break
