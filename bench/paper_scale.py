@@ -82,8 +82,8 @@ def default_models(quick: bool) -> tuple[str, ...]:
 
 
 def plan_for(args: argparse.Namespace) -> Plan:
-    quick = Plan(default_models(True), 1024, 8, 2, 1, 10.0, 4.0, 4, (1000, 4000), True)
-    full = Plan(default_models(False), 4096, 16, 2, 2, 8.0, 4.0, 8, (1000, 10000, 100000), False)
+    quick = Plan(default_models(True), 1024, 8, 2, 1, 10.0, 4.0, 4, (2500, 5000), True)
+    full = Plan(default_models(False), 4096, 16, 2, 2, 8.0, 4.0, 8, (2500, 20000, 100000), False)
     plan = quick if args.quick else full
     changes = {
         "models": tuple(args.models) if args.models else None,

@@ -163,21 +163,30 @@ def _vit_table(vit: Sequence[dict[str, Any]]) -> str:
 def _memory_table(mem: dict[str, Any]) -> str:
     rows = mem["rows"]
     cells = [
-        [r["n"], r["verified"], f"{r['seconds']:.2f}", f"{r['rate']:.0f}", f"{r['peak_mb']:.0f}"]
+        [r["n"], r["verified"], f"{r['seconds']:.2f}", f"{r['rate']:.0f}", f"{r['peak_mb']:.0f}",
+         f"{r['result_mb']:.0f}", f"{_beyond(r):.0f}"]
         for r in rows
-    ]
+    ]  # fmt: skip
     first, last = rows[0], rows[-1]
+    header = ["N", "verified", "seconds", "verified/s", "peak RSS MB", "result MB",
+              "peak − result MB"]  # fmt: skip
     lines = [
         f"`auto` on {mem['model']}, {mem['target']} at 0.9, each N in a fresh process "
-        "(`bench/scale.py`'s measurement):",
+        "(`bench/scale.py`'s measurement; result: the returned arrays' own size):",
         "",
-        *_markdown(["N", "verified", "seconds", "verified/s", "peak RSS MB"], cells),
+        *_markdown(header, cells),
         "",
         f"Peak RSS {first['peak_mb']:.0f} MB at N = {first['n']}, {last['peak_mb']:.0f} MB at "
         f"N = {last['n']} ({last['peak_mb'] / first['peak_mb']:.2f}x for {last['n'] / first['n']:.0f}x "
-        "the samples).",
+        f"the samples); beyond the result {_beyond(first):.0f} MB and {_beyond(last):.0f} MB "
+        f"({_beyond(last) / _beyond(first):.2f}x).",
     ]
     return "\n".join(lines)
+
+
+def _beyond(row: dict[str, Any]) -> float:
+    """Peak RSS less the returned arrays (what should stay flat in N)."""
+    return row["peak_mb"] - row.get("result_mb", 0.0)
 
 
 def targets_check(rows, extras) -> list[str]:
@@ -215,10 +224,13 @@ def targets_check(rows, extras) -> list[str]:
         )
     mem = extras.get("memory")
     if mem:
-        growth = mem["rows"][-1]["peak_mb"] / mem["rows"][0]["peak_mb"]
+        first, last = mem["rows"][0], mem["rows"][-1]
+        growth = _beyond(last) / _beyond(first)
         out.append(
-            f"- memory: peak RSS {growth:.2f}x from N = {mem['rows'][0]['n']} to "
-            f"N = {mem['rows'][-1]['n']}"
+            f"- memory: peak RSS {last['peak_mb'] / first['peak_mb']:.2f}x from N = "
+            f"{first['n']} to N = {last['n']}, {growth:.2f}x beyond the returned arrays "
+            f"({last['result_mb']:.0f} MB at N = {last['n']}); flat (≤ 1.2x): "
+            f"{'met' if growth <= 1.2 else 'MISSED'}"
         )
     return out
 

@@ -3,8 +3,9 @@
 Each (N, method) runs in a fresh process (so its peak RSS is its own), on one bundled model
 and target, with bounds 0,1, after a small warm-up in that process. Prints, per N and method:
 verified samples per second, its ratio to `auto`'s and to `forward`'s at the same N (from the
-same run), and peak resident memory; memory should stay about flat in N (solvers work in
-chunks; what grows is the result itself), and the rate should not fall.
+same run), peak resident memory and the returned arrays' own size; memory beyond the result
+should stay about flat in N (solvers work in chunks, `invert` in batches of `STREAM`), and the
+rate should not fall.
 
     python bench/scale.py                    # auto, backward, forward; digits_2layer; 1k/10k/100k
     python bench/scale.py --methods backward forward --sizes 1000 10000
@@ -32,8 +33,11 @@ onnxinv.invert(model, target, samples=8, method=method, bounds=(0, 1))
 t = time.perf_counter()
 r = onnxinv.invert(model, target, samples=n, method=method, bounds=(0, 1))
 seconds = time.perf_counter() - t
+result = sum(a.nbytes for a in (r.inputs, r.outputs, r.errors, r.verified, r.iterations,
+                                 r.probabilities))
 print(json.dumps({"n": n, "verified": r.n_verified, "seconds": seconds,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "result_mb": result / 2**20}))
 """
 
 
@@ -55,20 +59,22 @@ def main(argv: list[str] | None = None) -> int:
         target = tmp.name
     print(f"{Path(args.model).name}, target {Path(args.target).stem}, bounds 0,1")
     print(f"{'N':>8}  {'method':>8}  {'verified':>8}  {'seconds':>8}  {'verified/s':>10}  "
-          f"{'vs auto':>7}  {'vs forward':>10}  {'peak RSS MB':>11}")  # fmt: skip
+          f"{'vs auto':>7}  {'vs forward':>10}  {'peak RSS MB':>11}  {'result MB':>9}")  # fmt: skip
     for n in args.sizes:
         rows = {method: measure(args.model, target, method, n) for method in args.methods}
         for method, row in rows.items():
             ratios = [_ratio(row, rows.get(ref)) for ref in ("auto", "forward")]
             print(f"{n:>8}  {method:>8}  {row['verified']:>8}  {row['seconds']:>8.2f}  "
                   f"{row['rate']:>10.0f}  {ratios[0]:>7}  {ratios[1]:>10}  "
-                  f"{row['peak_mb']:>11.0f}")  # fmt: skip
+                  f"{row['peak_mb']:>11.0f}  {row['result_mb']:>9.0f}")  # fmt: skip
     return 0
 
 
 def measure(model: str, target: str, method: str, n: int) -> dict:
     """``n`` samples through ``method`` in a fresh process (after a warm-up of 8 there):
-    ``{"n", "verified", "seconds", "peak_mb", "rate"}``, ``rate`` in verified samples/s."""
+    ``{"n", "verified", "seconds", "peak_mb", "result_mb", "rate"}``, ``rate`` in verified
+    samples/s, ``result_mb`` the returned arrays' own size (the part of the peak that must grow
+    with N)."""
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(model), str(target), method, str(n)],
         capture_output=True, text=True, check=True,

@@ -131,8 +131,7 @@ def invert(
 
     set_phase(f"while solving ({s.method})")
     rng = np.random.default_rng(s.seed)
-    outcome = solver.run(s.samples, rng, on_progress)
-    check = outcome.verification or problem.verify(outcome.x)
+    check, outcome = _solve_in_batches(solver, s.samples, rng, on_progress)
     check, outcome = _distinct(solver, rng, check, outcome, problem.notes)
     timed_out = deadline is not None and time.monotonic() > deadline
     timings = {"load": t1 - t0, "convert": t2 - t1, "solve": time.perf_counter() - t2}
@@ -145,6 +144,50 @@ def invert(
     if decision is not None and decision.status == "unreachable":
         raise UnreachableTargetError(decision.message, result=result, proven=True)
     return _checked(result, timed_out, None if decision is None else decision.message)
+
+
+def _solve_in_batches(solver: Solver, k: int, rng, on_progress) -> tuple[Verification, Outcome]:
+    """``k`` samples, solved and checked ``STREAM`` at a time.
+
+    Only each batch's float64 working copy exists at once; what is kept is onnxruntime's
+    check (the inputs in the model's dtype), written into arrays sized for all ``k``, so
+    memory beyond the result itself stays flat in ``k``.
+    """
+    checks, outcomes = [], []
+    for first in range(0, k, STREAM):
+        out = solver.run(min(STREAM, k - first), rng, on_progress)
+        checks.append(out.verification or solver.problem.verify(out.x))
+        out.x = out.verification = None  # (the float64 copy goes now)
+        outcomes.append(out)
+    check = checks[0] if len(checks) == 1 else _joined(checks)
+    parts = outcomes
+    out = Outcome(
+        check.inputs.reshape(len(check.inputs), -1),
+        np.concatenate([o.error for o in parts]),
+        np.concatenate([o.iterations for o in parts]),
+        [p for o in parts for p in o.paths],
+        list(dict.fromkeys(n for o in parts for n in o.notes)),
+        check,
+        any(o.timed_out for o in parts),
+    )
+    return check, out
+
+
+def _joined(parts: list[Verification]) -> Verification:
+    """The checks of consecutive batches as one, each batch freed once copied."""
+    first = parts[0]
+    total = sum(len(p.verified) for p in parts)
+    whole = Verification(*(np.empty((total, *getattr(first, name).shape[1:]),
+                                    dtype=getattr(first, name).dtype)
+                           for name in ("inputs", "outputs", "errors", "verified")))  # fmt: skip
+    at = 0
+    while parts:
+        part = parts.pop(0)
+        m = len(part.verified)
+        for name in ("inputs", "outputs", "errors", "verified"):
+            getattr(whole, name)[at : at + m] = getattr(part, name)
+        at += m
+    return whole
 
 
 def _decide(problem: ModelProblem):
@@ -268,6 +311,7 @@ def _warning_notes(caught: list[warnings.WarningMessage]) -> list[str]:
     return list(seen)[:20]
 
 
+STREAM = 16384  # samples solved and checked at a time (memory beyond the result stays flat)
 GRID_AXES = 4  # coordinates the duplicate check's grid uses (3**4 neighbouring cells)
 
 

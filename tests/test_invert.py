@@ -250,3 +250,19 @@ def test_cuda_without_a_gpu_is_an_option_error():
     with pytest.raises(OptionError) as info:
         invert(BUNDLED[1], TARGETS / "digit3.json", samples=2, device="cuda")
     assert "cuda" in one_line(info.value)
+
+
+@pytest.mark.parametrize("method", ["auto", "forward"])
+def test_samples_are_solved_in_batches_and_joined(monkeypatch, method):
+    """Past ``STREAM`` samples the run is solved and checked a batch at a time (memory flat in
+    N); the joined result is one result: every row re-checked by onnxruntime, per-sample
+    facts aligned with it, the samples distinct across batches."""
+    import onnxinv.api as api
+
+    monkeypatch.setattr(api, "STREAM", 7)
+    path = BUNDLED[2]
+    target = np.asarray(invert(path, TARGETS / "mix_1_7.json", samples=1).target_array)
+    r = invert(path, TARGETS / "mix_1_7.json", samples=17, bounds=(0.0, 1.0), method=method)
+    assert_solved(path, r, target, "probabilities", bounds=(0.0, 1.0), n=17)
+    assert len(r.methods) == len(r.iterations) == len(r.outputs) == 17
+    assert not api.duplicate_rows(r.inputs).any()
