@@ -18,8 +18,10 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import MODELS, assert_solved
 from solver_suites import GD_FAILURES, AllSuites, case
 
+from onnxinv import invert
 from onnxinv.errors import MemoryBudgetError
 from onnxinv.residual import DeadlineReached
 from onnxinv.settings import Settings
@@ -181,6 +183,58 @@ def test_box_without_a_root_frozen_coordinates_still_let_the_others_move():
     np.testing.assert_allclose(x[:, 0], 1.0, atol=0)  # exactly on the bound, never beyond
     np.testing.assert_allclose(x[:, 1], 0.5, atol=1e-8)
     np.testing.assert_allclose(out.residual.numpy(), 1.0, atol=1e-8)  # max |r| at the best point
+
+
+def test_box_step_solves_the_linear_model_where_clamping_a_step_does_not():
+    """A wide linear residual (3 equations, 40 unknowns), one step with almost no damping.
+
+    The unconstrained minimum-norm step leaves [0, 1]^40; clamping it leaves a large linear
+    residual, while :func:`lm.box_step` stops the crossing coordinates on their bounds and
+    solves the rest again, so the step stays in the box and its linear model reaches zero.
+    """
+    rng = np.random.default_rng(2)
+    A = torch.from_numpy(rng.normal(size=(3, 40)))
+    x_root = torch.from_numpy(rng.uniform(0.0, 1.0, size=(6, 40)))
+    x = torch.from_numpy(rng.uniform(0.0, 1.0, size=(6, 40)))
+    jac = A.expand(6, 3, 40).clone()
+    r = 2.5 * (x - x_root) @ A.T
+    lam = torch.full((6,), 1e-9, dtype=torch.float64)
+    free = torch.ones(6, 40, dtype=torch.bool)
+    plain = x + damped_step(jac, r, lam)
+    assert ((plain < 0) | (plain > 1)).any(1).all()  # the case this is about
+    step = lm.box_step(jac, r, lam, free, x, 0.0, 1.0)
+    assert free.all()  # the caller's mask is left alone
+    assert ((x + step) >= -1e-12).all() and ((x + step) <= 1 + 1e-12).all()
+
+    def linear_after(dx):
+        return (r + (jac @ dx.unsqueeze(-1)).squeeze(-1)).norm(dim=1) / r.norm(dim=1)
+
+    assert (linear_after(step) < 1e-6).all()  # the damping λ = 1e-9 leaves ~1e-9
+    assert (linear_after(plain.clamp(0, 1) - x) > 1e-2).all()
+
+
+FASHION_6LAYER = MODELS / "fashion_6layer.onnx"
+
+
+@pytest.mark.skipif(not FASHION_6LAYER.exists(), reason="run python models/fashion.py")
+def test_bounded_forward_pass_within_30_iterations_on_the_6layer_fashion_net():
+    """The paper's budget (30 LM iterations, one attempt) in the pixel box on a deep SELU net.
+
+    With the step clamped to the box afterwards, 2 of these 8 samples verified; stopping the
+    crossing coordinates on their bounds and solving the rest again verifies all 8.
+    """
+    k = 4
+    result = invert(
+        FASHION_6LAYER, {"class": k, "confidence": 0.9}, bounds=(0, 1), samples=8, seed=0,
+        method="forward", max_iter=30, restarts=0,
+    )  # fmt: skip
+    target = np.full(10, 0.1 / 9)
+    target[k] = 0.9
+    assert_solved(
+        FASHION_6LAYER, result, target, "probabilities", tol=result.target.tolerance,
+        bounds=(0, 1), n=8,
+    )  # fmt: skip
+    assert (result.iterations <= 30).all()
 
 
 # ---------------------------------------------------------------------------------- restarts
