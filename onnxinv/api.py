@@ -331,21 +331,26 @@ def duplicate_rows(x: np.ndarray, rel: float = 1e-3) -> np.ndarray:
     top, spread = _finite_stats(flat)
     tol = rel * max(1.0, top)
     axes = _grid_axes(flat, spread, tol)
-    cells = np.floor(np.nan_to_num(flat[:, axes].astype(np.float64)) / tol).astype(np.int64)
+    scaled = np.nan_to_num(flat[:, axes].astype(np.float64)) / tol
+    cells = np.floor(scaled).astype(np.int64)
     # One integer key per cell (|cells| <= 1/rel + 1 since tol scales with the largest value,
-    # so the strides cannot overflow), then the samples with another one in their cell or a
-    # neighbouring one, found with sorted keys (vectorised); only those are compared.
+    # so the strides cannot overflow).
     base = cells.min(0) - 1
     span = cells.max(0) - base + 2
     stride = np.concatenate([[1], np.cumprod(span[:-1])])
     keys = (cells - base) @ stride
-    order = np.sort(keys)
-    near = [np.array(off) for off in itertools.product((-1, 0, 1), repeat=len(axes))]
+    # Candidates: samples sharing a cell of side 2·tol with another, on any of the 2^d grids
+    # shifted by 0 or tol per axis (two samples within tol on every axis share a cell on one
+    # of them), found by sorting keys; only those are compared.
     candidate = np.zeros(len(flat), dtype=bool)
-    for off in near:
-        shifted = keys + off @ stride
-        lo, hi = np.searchsorted(order, shifted, "left"), np.searchsorted(order, shifted, "right")
-        candidate |= (hi - lo) > (0 if off.any() else 1)
+    for shift in itertools.product((0.0, 1.0), repeat=len(axes)):
+        coarse = np.floor((scaled + np.asarray(shift)) / 2).astype(np.int64)
+        cb = coarse.min(0)
+        cs = np.concatenate([[1], np.cumprod((coarse.max(0) - cb + 1)[:-1])])
+        ckeys = (coarse - cb) @ cs
+        _, inverse, counts = np.unique(ckeys, return_inverse=True, return_counts=True)
+        candidate |= counts[inverse] > 1
+    near = [np.array(off) for off in itertools.product((-1, 0, 1), repeat=len(axes))]
     seen: dict[int, list[int]] = {}
     offsets = [int(off @ stride) for off in near]
     for i in np.flatnonzero(candidate):
@@ -379,26 +384,23 @@ def _grid_axes(flat: np.ndarray, spread: np.ndarray, tol: float, rows: int = 204
 
 
 def _finite_stats(flat: np.ndarray, rows: int = 4096) -> tuple[float, np.ndarray]:
-    """Largest finite magnitude and each column's standard deviation over its finite values.
-
-    Accumulated over blocks of ``rows`` samples, so memory stays flat in the number of samples.
-    """
+    """Largest finite magnitude (over every sample, a block at a time, in the samples' own
+    dtype) and each column's standard deviation over its finite values (over at most ``rows``
+    evenly spaced samples: it only ranks the columns)."""
     top = 0.0
-    count = np.zeros(flat.shape[1])
-    total = np.zeros(flat.shape[1])
-    squares = np.zeros(flat.shape[1])
     for i in range(0, len(flat), rows):
-        block = flat[i : i + rows].astype(np.float64)
-        ok = np.isfinite(block)
-        block[~ok] = 0.0
-        if ok.any():
-            top = max(top, float(np.abs(block).max()))
-        count += ok.sum(0)
-        total += block.sum(0)
-        squares += (block * block).sum(0)
-    n = np.maximum(count, 1)
-    mean = total / n
-    return top, np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
+        block = flat[i : i + rows]
+        if not np.isfinite(block).all():
+            block = np.where(np.isfinite(block), block, 0)
+        if block.size:
+            top = max(top, float(block.max()), -float(block.min()))
+    pick = np.linspace(0, len(flat) - 1, min(rows, len(flat))).astype(np.int64)
+    sample = flat[pick].astype(np.float64)
+    ok = np.isfinite(sample)
+    sample[~ok] = 0.0
+    n = np.maximum(ok.sum(0), 1)
+    mean = sample.sum(0) / n
+    return top, np.sqrt(np.maximum((sample * sample).sum(0) / n - mean * mean, 0.0))
 
 
 def _distinct(solver: Solver, rng, check: Verification, out: Outcome, notes: list[str]):
