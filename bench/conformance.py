@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from readme_section import replace_section
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
@@ -992,16 +993,8 @@ def _version(module: str) -> str:
 
 
 def write_readme(text: str, path: Path = README) -> None:
-    """Replace the section between the markers (appending markers at the end if missing)."""
-    old = path.read_text() if path.exists() else ""
-    block = f"{START}\n{text}{END}\n"
-    if START in old and END in old:
-        head, rest = old.split(START, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        new = head + block + tail
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    path.write_text(new)
+    """Replace the conformance section between its markers in ``path``."""
+    replace_section(path, START, END, text)
 
 
 # ---------------------------------------------------------------------------------------------
