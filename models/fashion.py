@@ -112,7 +112,7 @@ SPECS: tuple[Spec, ...] = (
 )
 TINY = ViTSpec(
     name=VIT_TINY, patch=7, dim=192, depth=12, heads=3, mlp=768, epochs=1, min_acc=0.4, lr=5e-4,
-    batch_size=64, max_steps=60,
+    batch_size=64, max_steps=400,
 )  # fmt: skip
 
 
@@ -385,8 +385,12 @@ transformer, trained on Fashion-MNIST. `fashion.py` writes them, this section an
 {tiny["params"]:,} parameters, {tiny["bytes"] / 1e6:.1f} MB. Too big to commit, it is written on
 demand: `python models/fashion.py --vit-tiny OUT.onnx`, or `write_vit_tiny(path)` from this
 script. It is trained briefly, {TINY.max_steps} Adam steps on batches of {TINY.batch_size} (peak
-learning rate {TINY.lr:g}), seeded like the others: accuracy {tiny["val_acc"]:.2%} on
-`fashion_val.npz` (not scored on the full test split, to keep the script short); opset
+learning rate {TINY.lr:g}; about 3 minutes on one thread), seeded like the others: accuracy
+{tiny["val_acc"]:.2%}
+on `fashion_val.npz` (not scored on the full test split, to keep the script short). With
+60 steps (56.30%) half the classes could not reach p = 0.9 anywhere in [0, 1] (best 0.54–0.86
+by projected Adam on −log p from 13 starts), so a 0.9 target measured the model, not the
+solver; at 400 steps every class reaches 0.94–0.998. Opset
 {tiny["opset"]}; operators {tiny_ops}.
 
 ### Regenerating
