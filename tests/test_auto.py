@@ -85,3 +85,26 @@ def test_small_runs_take_the_backward_route_without_a_pilot(monkeypatch, target)
                     chunk_size=CHUNK)  # fmt: skip
     assert_solved(MODEL, result, target, "probabilities", bounds=(0, 1), n=n)
     assert forward_calls == []
+
+
+def test_what_a_partly_successful_backward_batch_left_gets_fresh_backward_draws(
+    monkeypatch, target
+):
+    """Samples the backward pass left unverified in a batch where it verified others are
+    drawn again by the backward pass (its restarts ran out on those anchors), not handed to
+    LM: here its first batch spoils 3 samples, and the second draw solves them."""
+    calls: list[int] = []
+    original = BackwardSolver.solve
+
+    def spoiled(self, k, rng, x0=None, on_progress=None):
+        out = original(self, k, rng, x0=x0, on_progress=on_progress)
+        calls.append(k)
+        if len(calls) == 1:
+            out.x[:3] = rng.uniform(0, 1, out.x[:3].shape)
+        return out
+
+    monkeypatch.setattr(BackwardSolver, "solve", spoiled)
+    result = invert(MODEL, {"distribution": target.tolist()}, samples=20, bounds=(0, 1), seed=0)
+    assert_solved(MODEL, result, target, "probabilities", bounds=(0, 1), n=20)
+    assert calls[:2] == [20, 3]
+    assert set(result.methods) == {"backward"}  # no LM polish, no forward starts

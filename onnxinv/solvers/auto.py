@@ -3,7 +3,8 @@
 Written once as a composition of the other solvers, each stage working only on the samples the
 previous ones left unverified:
 
-1. **backward** (:class:`BackwardSolver`): exact where the graph is invertible;
+1. **backward** (:class:`BackwardSolver`): exact where the graph is invertible; where it
+   verified part of a batch, fresh backward draws for the rest (up to ``AGAIN`` rounds);
 2. **polish**: one LM attempt (no restarts) from the backward pass's point, clipped into the
    bounds (:class:`ForwardSolver` with starting points);
 3. **restart**: the forward pass from fresh random starts for what polish did not solve,
@@ -43,6 +44,7 @@ from .forward import ForwardSolver, concatenate
 
 PILOTS = 8  # a run of at least this many chunks times both routes (two chunks each)
 SWITCH_WORTH = 5.0  # seconds the backward route would still take before the forward is tried
+AGAIN = 2  # rounds of fresh backward draws for what a partly successful batch left
 
 
 class AutoSolver(Solver):
@@ -124,6 +126,9 @@ class AutoSolver(Solver):
         pending = np.flatnonzero(~check.verified)
         if pending.size == len(out.x) and self._proven():
             return out  # (nothing can reach it: the API reports the proof)
+        if 0 < pending.size < len(out.x):
+            self._again_backward(out, pending, rng)
+            pending = np.flatnonzero(~check.verified)
         if pending.size:
             self._polish(out, pending, rng)
             check.replace(pending, self.problem.verify(out.x[pending]))
@@ -131,6 +136,25 @@ class AutoSolver(Solver):
         if pending.size and self.exact is not None:
             self._exact(out, pending, rng)
         return out
+
+    def _again_backward(self, out: Outcome, idx: np.ndarray, rng) -> None:
+        """Fresh backward draws for samples ``idx`` that the pass left unverified while it
+        verified others of the same batch: its restarts ran out on these anchors, and new
+        ones reach the target at about the rate the batch did (on deep nets, where LM from
+        the same points or from scratch reaches far less). Up to ``AGAIN`` rounds."""
+        for _ in range(AGAIN):
+            if idx.size == 0 or self.problem.expired():
+                return
+            fresh = self.backward.solve(len(idx), rng)
+            check = self.problem.verify(fresh.x)
+            good = check.verified
+            if not good.any():
+                return
+            out.x[idx[good]] = fresh.x[good]
+            out.error[idx[good]] = check.errors[good]
+            out.iterations[idx[good]] += fresh.iterations[good]
+            out.verification.replace(idx[good], check.subset(good))
+            idx = idx[~good]
 
     @cached_property
     def exact(self) -> ExactSolver | None:
