@@ -363,7 +363,7 @@ def duplicate_rows(x: np.ndarray, rel: float = 1e-3) -> np.ndarray:
     return dup
 
 
-def _grid_axes(flat: np.ndarray, spread: np.ndarray, tol: float, rows: int = 2048) -> np.ndarray:
+def _grid_axes(flat: np.ndarray, spread: np.ndarray, tol: float, rows: int = 1024) -> np.ndarray:
     """The ``GRID_AXES`` coordinates whose grid cells separate the most samples.
 
     The most spread coordinates are not enough: with bounds, many samples sit on a bound in
@@ -383,13 +383,13 @@ def _grid_axes(flat: np.ndarray, spread: np.ndarray, tol: float, rows: int = 204
     return np.lexsort((-spread, crowd))[:GRID_AXES]
 
 
-def _finite_stats(flat: np.ndarray, rows: int = 4096) -> tuple[float, np.ndarray]:
+def _finite_stats(flat: np.ndarray, rows: int = 1024) -> tuple[float, np.ndarray]:
     """Largest finite magnitude (over every sample, a block at a time, in the samples' own
     dtype) and each column's standard deviation over its finite values (over at most ``rows``
     evenly spaced samples: it only ranks the columns)."""
     top = 0.0
-    for i in range(0, len(flat), rows):
-        block = flat[i : i + rows]
+    for i in range(0, len(flat), 4 * rows):
+        block = flat[i : i + 4 * rows]
         if not np.isfinite(block).all():
             block = np.where(np.isfinite(block), block, 0)
         if block.size:
