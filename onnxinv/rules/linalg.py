@@ -83,6 +83,11 @@ class LinearInverse(ABC):
     def null(self) -> np.ndarray:
         """(n, k) orthonormal directions of the null space that :meth:`pullback` adds."""
 
+    @property
+    def nullity(self) -> int:
+        """``k``, the number of :attr:`null`'s directions."""
+        return self.null.shape[1]
+
     def off_range(self, Y: np.ndarray) -> np.ndarray:
         """The part of rows of ``Y`` (B, m) that no input produces: ``Y − A A⁺ Y``."""
         return Y - self.apply(self.pinv(Y))
@@ -129,12 +134,14 @@ class DenseAffine(LinearInverse):
         super().__init__(M.shape[1], M.shape[0], c)
         self.M = M
         self.max_condition = max_condition
-        U, s, Vt = np.linalg.svd(M, full_matrices=True)
+        # The thin SVD: a wide layer's full one (784 x 784 for 784 -> 10) costs 50x more, and
+        # only a pull-back through this rule needs the null space (computed then, once).
+        U, s, Vt = np.linalg.svd(M, full_matrices=False)
         cut = s[0] / max_condition if s.size and s[0] > 0 else np.inf
         r = int(np.sum(s >= cut)) if s.size else 0
         self.rank = r
         self.Ur, self.sr, self.Vr = U[:, :r], s[:r], Vt[:r].T
-        self.N = Vt[r:].T  # (n, n - r) null space (after the cut)
+        self._null: np.ndarray | None = None
         self._onto = r == M.shape[0]
 
     @property
@@ -143,7 +150,16 @@ class DenseAffine(LinearInverse):
 
     @property
     def null(self) -> np.ndarray:
-        return self.N
+        """(n, n - rank) orthonormal null space (after the cut), the complement of ``Vr``."""
+        if self._null is None:
+            Vt = np.linalg.svd(self.M, full_matrices=True)[2]
+            # (the same decomposition as Vr's, so the complement matches the cut exactly)
+            self._null = Vt[self.rank :].T
+        return self._null
+
+    @property
+    def nullity(self) -> int:
+        return self.n - self.rank  # (without computing the null space)
 
     def apply(self, X: np.ndarray) -> np.ndarray:
         return X @ self.M.T

@@ -82,7 +82,7 @@ class _DenseRule(AffineRule):
         return self._inverse(max_condition).onto
 
     def nullity(self, max_condition: float) -> int:
-        return self._inverse(max_condition).null.shape[1]
+        return self._inverse(max_condition).nullity
 
     def dense(self) -> tuple[np.ndarray, np.ndarray] | None:
         return None if self.large else self._mc
