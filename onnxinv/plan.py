@@ -7,7 +7,10 @@ affine step that is not onto (an expanding layer, which cannot be inverted exact
 Levenberg–Marquardt on that sub-model alone, with the family above it as target: the residual is
 the request's error outside the family's free directions, so a softmax constant or a null space
 stays free. For a model with a Softmax tail and an opaque body this is exactly the forward pass
-on centred logits; for a fully invertible MLP no LM runs at all.
+on centred logits; for a fully invertible MLP no LM runs at all. LM on a block alone needs every
+block below it to be pulled back exactly (else what it finds at the block's input may be out of
+reach, e.g. a class token beside a patch embedding): otherwise LM runs once, from the model's
+input up to the family the exact tail asks for.
 """
 
 from __future__ import annotations
