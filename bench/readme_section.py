@@ -14,7 +14,7 @@ def replace_section(path: Path, start: str, end: str, text: str) -> None:
     if start in old and end in old:
         head, rest = old.split(start, 1)
         tail = rest.split(end, 1)[1].lstrip("\n")
-        new = head + block + tail
+        new = head + block + ("\n" + tail if tail else "")  # (one blank line after it)
     else:
         new = old.rstrip("\n") + "\n\n" + block
     path.write_text(new)
