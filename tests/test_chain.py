@@ -359,3 +359,32 @@ def test_the_box_step_is_the_bounded_least_squares_step(shared, dtype, mu):
         assert np.abs(dx[i] - best).max() <= tol * max(1.0, np.abs(best).max())
         if mu < 1e-6:
             assert np.abs(Ji @ dx[i] + r[i]).max() <= 1e-5
+
+
+@pytest.mark.parametrize("name, shares", [("digits_2layer", True), ("digits_relu", False)])
+def test_first_steps_share_one_jacobian_on_smooth_chains_only(monkeypatch, name, shares):
+    """On a smooth chain the first Newton steps use one Jacobian for the batch (at its mean
+    slopes), later ones each sample's own; on a ReLU net (slopes 0 or 1) every step uses each
+    sample's own. Either way onnxruntime confirms every sample."""
+    from helpers import MODELS, TARGETS, assert_solved
+
+    from onnxinv.solvers.chain import ChainSolver
+
+    calls = {"shared": 0, "own": 0}
+    shared, own = ChainSolver.shared_jacobian, ChainSolver.jacobian
+
+    def count(kind, fn):
+        def spy(self, slopes, rows):
+            calls[kind] += 1
+            return fn(self, slopes, rows)
+
+        return spy
+
+    monkeypatch.setattr(ChainSolver, "shared_jacobian", count("shared", shared))
+    monkeypatch.setattr(ChainSolver, "jacobian", count("own", own))
+    path = MODELS / f"{name}.onnx"
+    target = invert(path, TARGETS / "uniform.json", samples=1).target_array
+    result = invert(path, TARGETS / "uniform.json", samples=64, bounds=(0, 1), method="backward")
+    assert_solved(path, result, target, "probabilities", bounds=(0, 1), n=64)
+    assert (calls["shared"] > 0) == shares
+    assert calls["own"] > calls["shared"]  # (each shared call sweeps once, through jacobian)

@@ -34,7 +34,11 @@ interior Newton iteration:
   preimages have pixels on the bounds; deep nets favour staying inside), so each run tries
   both on a few samples, starts every batch with the faster, and gives leftovers to the other.
 * the per-sample Jacobian sweep runs in single precision (most of a step's cost); residuals
-  and acceptance are float64.
+  and acceptance are float64. On smooth chains the first steps use one Jacobian for the whole
+  batch, at its mean slopes (:meth:`ChainSolver.shared_jacobian`): from random anchors the
+  slopes differ little between samples, so those steps converge linearly at a fraction of the
+  cost, and each sample gets its own Jacobian once they stop cutting ``|r|`` by
+  ``SHARED_RATE`` or it nears round-off.
 
 Newton converges quadratically, so a sample is accepted when ``|r|`` is at round-off level
 (``EXACT``): the request is met exactly, not to a tolerance; or, for targets with
@@ -79,6 +83,8 @@ BOX_ROUNDS = 12  # semismooth Newton rounds of a step inside the box (see _box_s
 SELECT_LIMIT = DENSE_LIMIT // 64  # widest input of a max pool inside a chain
 TRIAL = 16  # samples each box strategy is tried on before the faster one goes first
 JACOBIAN_DTYPE = np.float32  # per-sample Jacobian rows (see ChainSolver.jacobian)
+SHARED_RATE = 0.3  # the batch-shared Jacobian's steps go on while they cut |r| at least this much
+SHARED_UNTIL = 1e-6  # ... and until the median |r| (relative) is this small
 
 
 def _reshape(rule) -> bool:
@@ -222,6 +228,13 @@ class ChainSolver:
         self._loose = self._loose_rows(region)
 
         self._particular: np.ndarray | None = None
+        # Smooth activations only (no ReLU kinks, no max pools' selections): where slopes
+        # averaged over a batch give a Jacobian close to each sample's.
+        self._smooth = all(
+            isinstance(op, _Affine)
+            or (isinstance(op, _Activation) and op.rule.smooth_inverse() is not None)
+            for op in ops
+        )
         # Per box strategy (True: affine scaling, False: active set), on fresh anchors:
         # [samples reached, samples tried, seconds].
         self._record = {True: np.zeros(3), False: np.zeros(3)}
@@ -269,6 +282,16 @@ class ChainSolver:
                 slope = slopes[d][:, None, :].astype(JACOBIAN_DTYPE)
                 g = (rows.astype(JACOBIAN_DTYPE) if g is None else g) * slope
         return np.broadcast_to(rows, (b, *rows.shape)) if g is None else g
+
+    def shared_jacobian(self, slopes: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
+        """One Jacobian (1, k, n) for the whole batch, at its mean slopes.
+
+        From random anchors in a box the activations' slopes differ little between samples,
+        so Newton steps with this one matrix converge (linearly) as far as per-sample ones,
+        at a fraction of the cost: the sweep is done once, and the box step's ``J W Jᵀ`` for
+        every sample is one matrix product.
+        """
+        return self.jacobian([s_.mean(0, keepdims=True) for s_ in slopes], rows)
 
     def _loose_rows(self, region) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """The region's rows on the top values: (D (q, m), slack (q,), loose (q,)), or None.
@@ -415,12 +438,18 @@ class ChainSolver:
         alive = np.isfinite(norm)
         history = [norm.copy()]
         lam = np.full(len(x), LAMBDA_MIN)  # Levenberg damping, per sample, relative
+        # First steps: one Jacobian for the batch, at its mean slopes (see SHARED_RATE).
+        shared = self._smooth and bool(slopes) and len(x) >= TRIAL
         for it in range(MAX_ITER):
             idx = np.flatnonzero(~exact & alive)
             if idx.size == 0 or self._expired():
                 break
             xa = x[idx]
-            J = self.jacobian([s_[idx] for s_ in slopes], Q.T)  # (k, q, n)
+            if shared:
+                J = self.shared_jacobian([s_[idx] for s_ in slopes], Q.T)
+                before = float(np.median(norm[idx]))
+            else:
+                J = self.jacobian([s_[idx] for s_ in slopes], Q.T)  # (k, q, n)
             w = np.ones_like(xa)
             projected = lo is not None and not scaled and hinge is None
             if lo is not None and scaled:
@@ -431,8 +460,16 @@ class ChainSolver:
                 # outwards is frozen; the others move, and the trial point is projected.
                 g = _times_t(J, _violation(r[idx], hinge))
                 w[((xa <= lo) & (g > 0)) | ((xa >= hi) & (g < 0))] = 0.0
-            Jw = J if projected or lo is None else J * w[:, None, :].astype(J.dtype)
-            A = (Jw @ J.transpose(0, 2, 1)).astype(np.float64)
+            virtual = len(J) == 1 and not (projected or lo is None)
+            if virtual:
+                # One J for all, per-sample W: J W Jᵀ for every W in one product, and
+                # W Jᵀ y below as W (Jᵀ y); the (k, q, n) stack J W is never formed.
+                q = Q.shape[1]
+                outer = (J[0][:, None, :] * J[0][None]).reshape(q * q, -1).T
+                Jw, A = J, (w @ outer).reshape(-1, q, q)
+            else:
+                Jw = J if projected or lo is None else J * w[:, None, :].astype(J.dtype)
+                A = (Jw @ J.transpose(0, 2, 1)).astype(np.float64)
             diag = np.trace(A, axis1=1, axis2=2) / Q.shape[1] + 1e-300
             diag = np.broadcast_to(diag, len(idx))  # (one A for all when the batch shares J)
             eye = np.eye(Q.shape[1])
@@ -452,6 +489,8 @@ class ChainSolver:
                     damped = At + (lam[k] * diag[todo])[:, None, None] * eye
                     y = _step(damped, r[k], hinge)
                     dx = _times_t(Jwt, y[:, :, 0])
+                    if virtual:
+                        dx = dx * w[todo]
                 if lo is not None and scaled:
                     # Fraction to the boundary: the point stays strictly inside the box.
                     xt_ = xa[todo]
@@ -481,7 +520,14 @@ class ChainSolver:
             # probabilities near 0 is far in logit space from what the box reaches exactly).
             slow = norm > SLOW * history[-1]
             exact |= self._accepted(norm, z) | (slow & self._close_enough(z))
-            alive[idx[~better]] = False  # no step of any length helped: a dead end
+            if shared:
+                # The shared Jacobian's steps converge linearly; once they stop paying
+                # (a sample no step helped, the batch's residual falling slower than
+                # SHARED_RATE, or near round-off) each sample gets its own.
+                after = float(np.median(norm[idx]))
+                shared = better.all() and after < SHARED_RATE * before and after > SHARED_UNTIL
+            else:
+                alive[idx[~better]] = False  # no step of any length helped: a dead end
             history.append(norm.copy())
             if it >= STALL:
                 # Newton converges fast; |r| barely falling over STALL steps is a stall (a
