@@ -160,15 +160,14 @@ def _solve_in_batches(solver: Solver, k: int, rng, on_progress) -> tuple[Verific
         out.x = out.verification = None  # (the float64 copy goes now)
         outcomes.append(out)
     check = checks[0] if len(checks) == 1 else _joined(checks)
-    parts = outcomes
     out = Outcome(
-        check.inputs.reshape(len(check.inputs), -1),
-        np.concatenate([o.error for o in parts]),
-        np.concatenate([o.iterations for o in parts]),
-        [p for o in parts for p in o.paths],
-        list(dict.fromkeys(n for o in parts for n in o.notes)),
+        check.inputs.reshape(len(check.inputs), -1),  # (a view: the checked float32 inputs)
+        np.concatenate([o.error for o in outcomes]),
+        np.concatenate([o.iterations for o in outcomes]),
+        [p for o in outcomes for p in o.paths],
+        list(dict.fromkeys(n for o in outcomes for n in o.notes)),
         check,
-        any(o.timed_out for o in parts),
+        any(o.timed_out for o in outcomes),
     )
     return check, out
 
