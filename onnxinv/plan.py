@@ -27,7 +27,7 @@ from .graph import Block
 from .model import _extract
 from .objective import Objective, _softmax
 from .rules.base import Family, OutsideDomain
-from .rules.linalg import DENSE_LIMIT
+from .rules.linalg import DENSE_LIMIT, null_basis
 from .solvers.base import ModelProblem, Problem, Starts
 from .solvers.collapse import MARGIN, box, collapse, interval_bounds, joint_collapse
 
@@ -49,9 +49,7 @@ class FamilyObjective:
         # ``coordinates`` the residual keeps the values' own axes, as the objective's does.)
         self.Q = None
         if coordinates and free and d * (d - free) <= COORDINATE_LIMIT:
-            from scipy.linalg import null_space
-
-            self.Q = null_space(family.V.T)
+            self.Q = null_basis(family.V.T)
         self.size = d - free if self.Q is not None else d
 
     def residual(self, y, index=None):

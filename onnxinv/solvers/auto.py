@@ -145,16 +145,25 @@ class AutoSolver(Solver):
         for _ in range(AGAIN):
             if idx.size == 0 or self.problem.expired():
                 return
-            fresh = self.backward.solve(len(idx), rng)
-            check = self.problem.verify(fresh.x)
-            good = check.verified
+            good = self._take(out, idx, self.backward.solve(len(idx), rng))
             if not good.any():
                 return
+            idx = idx[~good]
+
+    def _take(self, out: Outcome, idx: np.ndarray, fresh: Outcome, path: str | None = None):
+        """``fresh``'s samples replace samples ``idx`` of ``out`` where onnxruntime verifies
+        them (their paths become ``path`` if given); returns that mask."""
+        check = self.problem.verify(fresh.x)
+        good = check.verified
+        out.notes.extend(fresh.notes)
+        if good.any():
             out.x[idx[good]] = fresh.x[good]
             out.error[idx[good]] = check.errors[good]
             out.iterations[idx[good]] += fresh.iterations[good]
             out.verification.replace(idx[good], check.subset(good))
-            idx = idx[~good]
+            for i in idx[good]:
+                out.paths[i] = path or out.paths[i]
+        return good
 
     @cached_property
     def exact(self) -> ExactSolver | None:
@@ -176,16 +185,7 @@ class AutoSolver(Solver):
         """Stage 4 on samples ``idx``: the exact solver's samples replace them where verified."""
         if self.problem.expired():
             return
-        fresh = self.exact.solve(len(idx), rng)
-        check = self.problem.verify(fresh.x)
-        good = check.verified
-        out.x[idx[good]] = fresh.x[good]
-        out.error[idx[good]] = check.errors[good]
-        out.notes.extend(fresh.notes)
-        for i in idx[good]:
-            out.paths[i] = "exact"
-        if good.any():
-            out.verification.replace(idx[good], check.subset(good))
+        self._take(out, idx, self.exact.solve(len(idx), rng), "exact")
 
     def _polish(self, out: Outcome, idx: np.ndarray, rng) -> None:
         """Stages 2 and 3 on samples ``idx`` of ``out``, in place."""

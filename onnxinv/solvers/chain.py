@@ -66,7 +66,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..rules.base import AffineRule, Family, InverseRule
-from ..rules.linalg import DENSE_LIMIT
+from ..rules.linalg import DENSE_LIMIT, null_basis
 from .base import near_prior
 
 EXACT = 1e-10  # |r| relative to the top value's scale at which a sample is exact
@@ -464,9 +464,7 @@ class ChainSolver:
             if virtual:
                 # One J for all, per-sample W: J W Jᵀ for every W in one product, and
                 # W Jᵀ y below as W (Jᵀ y); the (k, q, n) stack J W is never formed.
-                q = Q.shape[1]
-                outer = (J[0][:, None, :] * J[0][None]).reshape(q * q, -1).T
-                Jw, A = J, (w @ outer).reshape(-1, q, q)
+                Jw, A = J, _weighted_gram(w, _column_outers(J[0]))
             else:
                 Jw = J if projected or lo is None else J * w[:, None, :].astype(J.dtype)
                 A = (Jw @ J.transpose(0, 2, 1)).astype(np.float64)
@@ -612,7 +610,7 @@ def _box_step(J, A, r, x, lo, hi, mu) -> np.ndarray:
     date by the few coordinates whose state changes in a round, not recomputed.
     """
     a, b = lo - x, hi - x
-    k, q = len(x), J.shape[1]
+    q = J.shape[1]
     damp = mu[:, None, None] * np.eye(q)
     y = np.linalg.solve(A + damp, -r[:, :, None])[:, :, 0]  # the step without the box
     u = _times_t(J, y)
@@ -620,9 +618,9 @@ def _box_step(J, A, r, x, lo, hi, mu) -> np.ndarray:
     if free.all():
         return u
     # One Jacobian shared by the batch (a linear chain): J W Jᵀ for every W in one product.
-    shared = (J[0][:, None, :] * J[0][None]).reshape(q * q, -1).T if len(J) == 1 else None
+    shared = _column_outers(J[0]) if len(J) == 1 else None
     if shared is not None:
-        H = (free @ shared).reshape(k, q, q)
+        H = _weighted_gram(free, shared)
     else:
         H = ((J * free[:, None, :]) @ J.transpose(0, 2, 1)).astype(np.float64)
     for _ in range(BOX_ROUNDS):
@@ -634,11 +632,23 @@ def _box_step(J, A, r, x, lo, hi, mu) -> np.ndarray:
         if (now == free).all():
             break
         if shared is not None:
-            H = (now @ shared).reshape(k, q, q)
+            H = _weighted_gram(now, shared)
         else:
             H = H + _outer_sum(J, now != free, now)  # (+ freed, − newly clipped)
         free = now
     return np.clip(u, a, b)
+
+
+def _column_outers(J: np.ndarray) -> np.ndarray:
+    """(n, q, q): ``J[:, j] J[:, j]ᵀ`` for each column ``j`` of one (q, n) Jacobian."""
+    return np.ascontiguousarray((J[:, None, :] * J[None]).transpose(2, 0, 1))
+
+
+def _weighted_gram(w: np.ndarray, outers: np.ndarray) -> np.ndarray:
+    """``J W Jᵀ`` (b, q, q) for each row of weights ``w`` (b, n), the one shared J given by
+    its :func:`_column_outers`: one matrix product for the whole batch."""
+    flat = w @ outers.reshape(len(outers), -1)
+    return flat.reshape(len(w), *outers.shape[1:]).astype(np.float64, copy=False)
 
 
 def _outer_sum(J: np.ndarray, mask: np.ndarray, sign: np.ndarray) -> np.ndarray:
@@ -676,7 +686,4 @@ def _times_t(J: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def _complement(V: np.ndarray, m: int) -> np.ndarray:
     """Orthonormal columns spanning the complement of ``V``'s columns in R^m."""
-    if V.shape[1] == 0:
-        return np.eye(m)
-    q, _ = np.linalg.qr(np.concatenate([V, np.eye(m)], axis=1))
-    return q[:, V.shape[1] : m]
+    return np.eye(m) if V.shape[1] == 0 else null_basis(V.T)
