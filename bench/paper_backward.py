@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxinv import model as model_mod
-from onnxinv.graph import partition
+from onnxinv.load import model as model_mod
+from onnxinv.partition.blocks import partition
 from onnxinv.rules import OutsideDomain, default_registry
 
 

@@ -278,10 +278,10 @@ def render(rows, refs, extras, plan, args, wall: float) -> str:
 def figure(cells, models: Sequence[str], path: Path) -> Path:
     """Rows: each data set's validation images, then model × method; columns: classes 0-9;
     each cell the first verified sample for "class k at 0.9" (crossed: none). Drawn by
-    onnxinv's sweep figure (:func:`onnxinv.figure.figure`)."""
+    onnxinv's sweep figure (:func:`onnxinv.write.figure.figure`)."""
     from nearest import data_set, validation
 
-    from onnxinv.figure import Cell, figure
+    from onnxinv.write.figure import Cell, figure
 
     labels, grid = [], []
     for name in dict.fromkeys(data_set(m) for m in models):

@@ -5,14 +5,12 @@ maps to that target, each verified by running the original model in onnxruntime;
 :func:`sweep` does so for every class of several models, on this machine or a Ray cluster.
 """
 
-from . import (
-    _ort,  # noqa: F401  (fails early, in one line, without onnxruntime)
-    errors,
-)
+from .load import runtime  # noqa: F401, I001  (first: fails early, in one line, without onnxruntime)
+from . import errors
 from .api import invert
 from .result import InversionResult
 from .settings import Settings
-from .sweeps import SweepSummary, sweep
+from .sweeps.run import SweepSummary, sweep
 from .target import Target
 
 __all__ = ["InversionResult", "Settings", "SweepSummary", "Target", "errors", "invert", "sweep"]

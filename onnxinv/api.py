@@ -12,10 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from . import model as model_mod
 from . import objective as objective_mod
 from .budget import parse_memory
-from .certify import certify
 from .errors import (
     MemoryBudgetError,
     ModelError,
@@ -25,10 +23,13 @@ from .errors import (
     current_phase,
     set_phase,
 )
-from .repair import first_line
+from .load import model as model_mod
+from .load.repair import first_line
 from .result import InversionResult
 from .settings import Settings, describe_options, parse_bounds, parse_shape
-from .solvers.base import ModelProblem, Outcome, Solver
+from .solvers.base import ModelProblem, Solver, SolverOutcome
+from .solvers.exact.certificate import certify
+from .solvers.registry import check_method
 from .target import Target
 from .verify import Verification
 
@@ -102,6 +103,7 @@ def invert(
     t0 = time.perf_counter()
     set_phase("while checking the arguments")
     s = Settings.create(settings, **options)
+    check_method(s.method)
     deadline = None if s.timeout is None else time.monotonic() + s.timeout
     tgt = Target.coerce(target)
     solver_class = _solver_class(s, registry)
@@ -146,7 +148,9 @@ def invert(
     return _checked(result, timed_out, None if decision is None else decision.message)
 
 
-def _solve_in_batches(solver: Solver, k: int, rng, on_progress) -> tuple[Verification, Outcome]:
+def _solve_in_batches(
+    solver: Solver, k: int, rng, on_progress
+) -> tuple[Verification, SolverOutcome]:
     """``k`` samples, solved and checked ``STREAM`` at a time.
 
     Only each batch's float64 working copy exists at once; what is kept is onnxruntime's
@@ -160,7 +164,7 @@ def _solve_in_batches(solver: Solver, k: int, rng, on_progress) -> tuple[Verific
         out.x = out.verification = None  # (the float64 copy goes now)
         outcomes.append(out)
     check = checks[0] if len(checks) == 1 else _joined(checks)
-    out = Outcome(
+    out = SolverOutcome(
         check.inputs.reshape(len(check.inputs), -1),  # (a view: the checked float32 inputs)
         np.concatenate([o.error for o in outcomes]),
         np.concatenate([o.iterations for o in outcomes]),
@@ -192,11 +196,11 @@ def _joined(parts: list[Verification]) -> Verification:
 def _decide(problem: ModelProblem):
     """For a piecewise-linear chain in a box, the exact solver's decision (reachable, proven
     unreachable or unknown within --milp-time-limit); None where it does not apply."""
-    from .exact import exact_for
+    from .solvers.exact.analysis import analysis_for
 
     if problem.bounds is None or problem.expired():
         return None
-    exact = exact_for(problem)
+    exact = analysis_for(problem)
     return None if exact is None else exact.decide()
 
 
@@ -227,11 +231,11 @@ def _solver_class(s: Settings, registry) -> type[Solver]:
     return solvers.get(s.method)
 
 
-def _result(problem: ModelProblem, tgt: Target, check: Verification, out: Outcome, timings):
+def _result(problem: ModelProblem, tgt: Target, check: Verification, out: SolverOutcome, timings):
     """The result object: samples exactly as onnxruntime verified them, and the report's facts."""
     s, loaded, obj = problem.settings, problem.loaded, problem.objective
     notes = list(dict.fromkeys([*problem.notes, *out.notes]))
-    residual = problem.__dict__.get("residual")  # only if a solver built it
+    residual = problem.residual_built
     return InversionResult(
         inputs=check.inputs,  # in the input's dtype
         outputs=check.outputs,
@@ -402,7 +406,7 @@ def _finite_stats(flat: np.ndarray, rows: int = 1024) -> tuple[float, np.ndarray
     return top, np.sqrt(np.maximum((sample * sample).sum(0) / n - mean * mean, 0.0))
 
 
-def _distinct(solver: Solver, rng, check: Verification, out: Outcome, notes: list[str]):
+def _distinct(solver: Solver, rng, check: Verification, out: SolverOutcome, notes: list[str]):
     """Replace samples identical to an earlier one by new draws; drop those that stay equal.
 
     Two equal samples are one preimage counted twice. They are solved once more (the solver's
@@ -429,7 +433,7 @@ def _distinct(solver: Solver, rng, check: Verification, out: Outcome, notes: lis
             "single point); the repeats were dropped"
         )
         check = check.subset(keep)
-        out = Outcome(out.x[keep], out.error[keep], out.iterations[keep],
+        out = SolverOutcome(out.x[keep], out.error[keep], out.iterations[keep],
                       [m for m, k in zip(out.paths, keep, strict=True) if k], out.notes)  # fmt: skip
     return check, out
 

@@ -165,6 +165,7 @@ def settings_options(names: tuple[str, ...] | None = None):
             meta = f.metadata
             decls = [meta["flag"] or "--" + f.name.replace("_", "-")]
             decls += [meta["short"]] if meta["short"] else []
+            decls += ["--" + a.replace("_", "-") for a in meta["aliases"]]
             kind = meta["cli_type"]
             kind = _CLI_TYPES.get(kind, kind) if isinstance(kind, str) else kind
             kwargs = {"help": meta["help"], "multiple": meta["multiple"]}
@@ -213,8 +214,8 @@ def _settings(options: dict):
 def run(model, target_path, out, overwrite, quiet, **options) -> None:
     """Find inputs of MODEL that produce the target and write them to a folder."""
     from . import api
-    from .output import check_destination
     from .target import Target
+    from .write.folder import check_destination
 
     target = Target.from_file(target_path)
     settings = _settings(options)
@@ -299,7 +300,7 @@ def sweep(
     included; every pair has its shard); 1 bad input, or a pair failed twice (the others are
     kept: rerun to retry it); 130 interrupted (finished pairs are kept).
     """
-    from .sweeps import sweep as run_sweep
+    from .sweeps.run import sweep as run_sweep
 
     settings = _settings(options)
     try:
@@ -329,7 +330,7 @@ def sweep(
 @_guard
 def inspect(model, **options) -> None:
     """Show MODEL's inputs, outputs, opsets and operators, and what onnxinv would invert."""
-    from . import model as model_mod
+    from .load import model as model_mod
 
     settings = _settings(options)
     proto, name, notes = model_mod.read_model(model)
@@ -373,7 +374,7 @@ def inspect(model, **options) -> None:
             f"logits {loaded.logits_name!r}"
         )
     click.echo(f"batched runs: {'yes' if loaded.batched else 'no (one sample per run)'}")
-    from .graph import describe, partition
+    from .partition.blocks import describe, partition
     from .rules import default_registry
 
     part = partition(loaded, default_registry(settings.disable_plugins))
@@ -387,8 +388,8 @@ def inspect(model, **options) -> None:
 
 def _chain_line(part) -> str | None:
     """What the chain pass and the exact solver make of the first block, in one line."""
-    from .exact import first_smooth
-    from .solvers.chain import _Activation, _Affine, _Select, chain_of
+    from .partition.chain import Activation, Affine, Select, chain_of
+    from .solvers.exact.analysis import first_smooth
 
     if not part.blocks or part.blocks[0].kind != "invertible":
         return None
@@ -396,9 +397,9 @@ def _chain_line(part) -> str | None:
     if found is None:
         return None
     ops, _ = found
-    acts = [op.rule.op_type for op in ops if isinstance(op, _Activation | _Select)]
+    acts = [op.rule.op_type for op in ops if isinstance(op, Activation | Select)]
     text = (
-        f"chain: block 0 is one chain ({sum(isinstance(o, _Affine) for o in ops)} composed "
+        f"chain: block 0 is one chain ({sum(isinstance(o, Affine) for o in ops)} composed "
         f"affine maps, {', '.join(acts) or 'no activations'}): the backward pass chooses every "
         "free coefficient jointly (Newton over the input), not block by block as above"
     )
@@ -423,7 +424,7 @@ def rules(disable_plugins) -> None:
         rule = entries[-1].rule
         name = f"{domain + '.' if domain else ''}{op}"
         versions = ",".join(str(e.version) for e in entries)
-        exact = "yes" if rule.exact else "no"
+        exact = "yes" if rule.lossless else "no"
         click.echo(f"{name:<28} {versions:<22} {rule.kind:<7} {exact:<5} {source}")
         click.echo(f"    {rule.describe()}")
     click.echo("plugins: " + ", ".join(f"{k} ({v})" for k, v in reg.plugins.items()))

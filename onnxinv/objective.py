@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import LoadedModel
+from .load.model import LoadedModel
 from .target import Target
 
 TINY = 1e-30
@@ -104,7 +104,7 @@ class Objective:
         y = np.asarray(y, dtype=np.float64).reshape(y.shape[0], -1)
         if self.kind == "distribution":
             if self.output_space == "logits":
-                y = _softmax(y)
+                y = softmax(y)
             elif self.output_space == "log-probabilities":
                 y = np.exp(y)
         err = np.abs(y - self.target.reshape(1, -1)).max(1)
@@ -118,7 +118,7 @@ class Objective:
         if self.output_space == "log-probabilities":
             return np.exp(y)
         if self.output_space == "logits":
-            return _softmax(y)
+            return softmax(y)
         return None
 
 
@@ -128,7 +128,7 @@ def _log(y):
     return y.clamp_min(TINY).log()
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
+def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(1, keepdims=True)
@@ -163,3 +163,46 @@ def build(loaded: LoadedModel, target: Target, seed: int = 0) -> Objective:
     # vector up to a constant, and a probability output is matched in log space (see transform).
     solve_on = "logits" if loaded.tail is not None else "output"
     return Objective("distribution", space, solve_on, t, centred, target.tolerance)
+
+
+@dataclass
+class TopRegion:
+    """Bounds ``[need_lo, need_hi]`` on ``D z_top`` (``D`` (r, k)) that every output within the
+    tolerance satisfies, and the exact request ``D z_top = want`` (r,); rows marked ``loose``
+    (probabilities far below the tolerance) need only stay below ``want``'s bound there, the
+    ``cap`` (r,), so their logits may drop as low as the pattern allows."""
+
+    D: np.ndarray
+    need_lo: np.ndarray
+    need_hi: np.ndarray
+    want: np.ndarray
+    loose: np.ndarray | None = None
+    cap: np.ndarray | None = None
+
+    @classmethod
+    def for_objective(cls, obj) -> TopRegion | None:
+        """The region for a distribution (logit differences against the likeliest class) or
+        values target; None when the target pins nothing (every probability within ``t``)."""
+        t = float(obj.tolerance)
+        v = obj.target.ravel().astype(np.float64)
+        k = len(v)
+        if obj.kind == "values":
+            return cls(np.eye(k), v - t, v + t, v)
+        ref = int(np.argmax(v))
+        if v[ref] <= t:
+            return None
+        others = np.array([i for i in range(k) if i != ref])
+        D = np.zeros((len(others), k))
+        D[np.arange(len(others)), others] = 1.0
+        D[:, ref] = -1.0
+        p = v[others]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            need_lo = np.where(p > t, np.log((p - t) / (v[ref] + t)), -np.inf)
+            need_hi = np.log((p + t) / (v[ref] - t))
+            want = np.log(p / v[ref])
+        # Classes whose total share stays under a quarter of the tolerance: any logit giving
+        # them at most that share will do (exact ratios like 1e-20 are not needed).
+        floor = t / (4 * k)
+        loose = p < floor
+        cap = np.log(np.where(loose, floor, p) / v[ref])
+        return cls(D, need_lo, need_hi, want, loose, cap)

@@ -146,7 +146,7 @@ class InversionResult:
         }
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write the result folder atomically (see :mod:`onnxinv.output`)."""
-        from .output import save
+        """Write the result folder atomically (see :mod:`onnxinv.write.folder`)."""
+        from .write.folder import save
 
         return save(self, path, overwrite=overwrite)

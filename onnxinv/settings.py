@@ -31,6 +31,7 @@ def option(
     metavar: str | None = None,
     cli: bool = True,
     group: str = "run",
+    aliases: tuple[str, ...] = (),
 ) -> Any:
     """A settings field: default, one-line help, and how it is checked and offered on the CLI.
 
@@ -46,6 +47,8 @@ def option(
         cli: False for API-only settings.
         group: which part of onnxinv reads it (``run``, ``model``, ``lm``, ``backward``, ``exact``,
             ``gd``), for documentation.
+        aliases: earlier names of the field, still accepted by :meth:`Settings.create` and (with
+            dashes) on the CLI.
     """
     meta = {
         "help": help,
@@ -57,6 +60,7 @@ def option(
         "metavar": metavar,
         "cli": cli,
         "group": group,
+        "aliases": aliases,
     }
     return field(default=default, metadata=meta)
 
@@ -169,11 +173,10 @@ def plugin_names(name: str, names: Any) -> tuple[str, ...]:
 
 
 def method_name(name: str, value: Any) -> str:
-    from .solvers.registry import default_solvers
-
-    names = default_solvers().names()
-    if value not in names:
-        raise OptionError(f"{name} must be one of {', '.join(names)}, not {value!r}")
+    """A method's name (a non-empty string); whether a solver is registered under it is checked
+    by :func:`onnxinv.solvers.registry.check_method` when a run starts."""
+    if not (isinstance(value, str) and value):
+        raise OptionError(f"{name} must be a method name (a non-empty string), not {value!r}")
     return value
 
 
@@ -265,9 +268,10 @@ class Settings:
         100.0, "Backward pass: singular values below σmax/this count as zero.",
         check=above_one, group="backward",
     )  # fmt: skip
-    std: float = option(
-        0.1, "Backward pass: random null-space vector norm relative to the particular solution.",
-        check=non_negative_number, group="backward",
+    null_scale: float = option(
+        0.1, "Backward pass: norm of the random null-space part of a sample, relative to the "
+        "particular solution's.",
+        check=non_negative_number, group="backward", aliases=("std",),
     )  # fmt: skip
     milp_time_limit: float = option(
         60.0, "Exact solver and proofs: seconds each mixed-integer program may take ('unknown' past it).",
@@ -305,6 +309,12 @@ class Settings:
     def create(cls, base: Settings | None = None, **options: Any) -> Settings:
         """``base`` (or the defaults) with ``options`` replaced; unknown names are an error."""
         known = cls.names()
+        for f in dataclasses.fields(cls):
+            for alias in f.metadata.get("aliases", ()):
+                if alias in options:
+                    if f.name in options:
+                        raise OptionError(f"{alias!r} is the earlier name of {f.name!r}: give one")
+                    options[f.name] = options.pop(alias)
         unknown = sorted(set(options) - set(known))
         if unknown:
             raise OptionError(f"unknown option {unknown[0]!r}; the options are: {', '.join(known)}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import LoadedModel
+from .load.model import LoadedModel
 from .objective import Objective
 
 

@@ -36,12 +36,12 @@ import torch
 from helpers import ort_errors, quiet
 from torch import nn
 
-from onnxinv import model as model_mod
 from onnxinv import objective as objective_mod
-from onnxinv.residual import DeadlineReached
+from onnxinv.load import model as model_mod
 from onnxinv.settings import Settings
 from onnxinv.solvers.base import ModelProblem, Problem
 from onnxinv.solvers.registry import default_solvers
+from onnxinv.solvers.residual import DeadlineReached
 from onnxinv.target import Target
 
 SAMPLES = 4
@@ -276,7 +276,7 @@ def assert_not_reached(c: Case, problem: Problem, out) -> None:
     k = c.settings.samples
     assert out.x.shape == (k, c.n_in)
     assert np.isfinite(out.x).all()
-    # Outcome.error is a finite error, +inf (no finite residual) or nan (no error of its own);
+    # SolverOutcome.error is a finite error, +inf (no finite residual) or nan (no error of its own);
     # never one within tolerance.
     assert not np.any(out.error <= problem.tol), out.error
     assert not np.any(np.isneginf(out.error))

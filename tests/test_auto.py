@@ -14,8 +14,8 @@ from helpers import MODELS, assert_solved, reachable_distribution
 
 from onnxinv import invert
 from onnxinv.solvers import auto as auto_mod
-from onnxinv.solvers.backward import BackwardSolver
-from onnxinv.solvers.forward import ForwardSolver
+from onnxinv.solvers.backward.solver import BackwardSolver
+from onnxinv.solvers.forward.solver import ForwardSolver
 
 MODEL = MODELS / "digits_2layer.onnx"
 CHUNK = 32  # the pilot is one chunk

@@ -1,4 +1,4 @@
-"""The backward pass's choices (``onnxinv.solvers.collapse``) and the suites on every method.
+"""The backward pass's choices (``onnxinv.solvers.backward.collapse``) and the suites on every method.
 
 * :func:`collapse` returns points of the family inside [lo, hi] whenever some exist (also when
   the random proposal misses), flags and clips when none does, and draws from ``rng`` only.
@@ -22,14 +22,14 @@ from onnx import helper
 from scipy.optimize import lsq_linear
 from solver_suites import GD_FAILURES, AllSuites, case
 
-from onnxinv import model as model_mod
 from onnxinv import objective as objective_mod
-from onnxinv.graph import partition
+from onnxinv.load import model as model_mod
+from onnxinv.partition.blocks import partition
 from onnxinv.rules import default_registry
 from onnxinv.rules.base import Family
 from onnxinv.settings import Settings
+from onnxinv.solvers.backward.collapse import MARGIN, collapse, interval_bounds, joint_collapse
 from onnxinv.solvers.base import ModelProblem
-from onnxinv.solvers.collapse import MARGIN, collapse, interval_bounds, joint_collapse
 from onnxinv.solvers.registry import default_solvers
 from onnxinv.target import Target
 

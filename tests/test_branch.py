@@ -1,4 +1,4 @@
-"""Branch and bound over activation splits (``onnxinv.exact.branch``).
+"""Branch and bound over activation splits (``onnxinv.solvers.exact.branch``).
 
 Core assertions: its answers agree with the mixed-integer program (an independent complete
 method) on every piecewise-linear activation, convex, concave or neither; a witness it returns
@@ -14,9 +14,9 @@ import pytest
 from helpers import MODELS, ort_outputs, reachable_distribution
 from test_exact import BOX, either_or, mlp, problem
 
-import onnxinv.exact as exact_mod
-from onnxinv.exact import Exact, piecewise_chain
-from onnxinv.exact.branch import Search, applies
+import onnxinv.solvers.exact.analysis as exact_mod
+from onnxinv.solvers.exact.analysis import ExactAnalysis, piecewise_chain
+from onnxinv.solvers.exact.branch import Search, applies
 
 DIGITS = np.load(MODELS / "digits_val.npz")
 
@@ -57,7 +57,7 @@ def test_search_agrees_with_the_program_and_its_witnesses_are_preimages(act, att
         s, p = search(model, target)
         out = s.run(30.0)
         assert out.status in ("infeasible", "feasible"), out.status
-        program = Exact(p).program
+        program = ExactAnalysis(p).program
         status, _, _ = program.solve(None, time_limit=30.0)
         assert status == out.status, (target, status, out.status)
         if out.status == "feasible":
@@ -111,7 +111,7 @@ def test_decide_hands_the_proof_to_the_search_when_the_program_runs_out(monkeypa
 
     monkeypatch.setattr(exact_mod, "FIRST", 0.0)  # the program alone: no time to decide
     model = load(MODELS / "digits_relu.onnx")
-    decision = Exact(problem(model, one_class(4))).decide()
+    decision = ExactAnalysis(problem(model, one_class(4))).decide()
     assert decision.status == "unreachable", decision.message
     assert "proven unreachable within the bounds [0, 1]" in decision.message
     assert "branch and bound over activation splits" in decision.message

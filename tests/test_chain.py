@@ -23,13 +23,13 @@ from scipy.ndimage import zoom
 from torch import nn
 
 from onnxinv import invert
-from onnxinv.certify import certify
 from onnxinv.cli import main
 from onnxinv.errors import UnreachableTargetError
-from onnxinv.model import load
+from onnxinv.load.model import load
 from onnxinv.objective import build
 from onnxinv.settings import Settings
 from onnxinv.solvers.base import ModelProblem
+from onnxinv.solvers.exact.certificate import certify
 from onnxinv.target import Target
 
 DIGITS = Path(__file__).resolve().parents[1] / "models" / "digits_val.npz"
@@ -282,8 +282,8 @@ def test_every_class_target_is_solved_or_proven_unreachable_on_a_linear_net(box)
     """digits_1layer (Gemm + Softmax), each class at 0.5/0.9/0.99: the certificate's joint LP
     is exact there, so each target is proven unreachable (and then no solver verifies a sample)
     or the backward pass verifies every sample."""
-    from onnxinv.solvers.backward import BackwardSolver
-    from onnxinv.solvers.forward import ForwardSolver
+    from onnxinv.solvers.backward.solver import BackwardSolver
+    from onnxinv.solvers.forward.solver import ForwardSolver
 
     loaded = load(str(Path(__file__).resolve().parents[1] / "models" / "digits_1layer.onnx"))
     proven = 0
@@ -318,7 +318,7 @@ def test_every_class_target_is_solved_or_proven_unreachable_on_a_linear_net(box)
     ],
 )
 def test_the_box_strategy_that_reaches_more_per_second_goes_first(bounds, scaled, active, want):
-    from onnxinv.solvers.chain import ChainSolver
+    from onnxinv.solvers.backward.newton import ChainSolver
 
     solver = ChainSolver([], [], 4, bounds, Settings())
     for key, rec in ((True, scaled), (False, active)):
@@ -336,7 +336,7 @@ def test_the_box_step_is_the_bounded_least_squares_step(shared, dtype, mu):
     damping and a reachable linearisation it meets ``J dx = −r``."""
     from scipy.optimize import lsq_linear
 
-    from onnxinv.solvers.chain import _box_step
+    from onnxinv.solvers.backward.newton import _box_step
 
     rng = np.random.default_rng(3)
     b, q, n = 6, 3, 20
@@ -368,7 +368,7 @@ def test_first_steps_share_one_jacobian_on_smooth_chains_only(monkeypatch, name,
     sample's own. Either way onnxruntime confirms every sample."""
     from helpers import MODELS, TARGETS, assert_solved
 
-    from onnxinv.solvers.chain import ChainSolver
+    from onnxinv.solvers.backward.newton import ChainSolver
 
     calls = {"shared": 0, "own": 0}
     shared, own = ChainSolver.shared_jacobian, ChainSolver.jacobian

@@ -15,12 +15,12 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription
 from torch import nn
 
-from onnxinv._ort import session
 from onnxinv.convert import compat, to_torch
 from onnxinv.convert.compat_pad import source_index
 from onnxinv.convert.compat_pool import same_pads
 from onnxinv.convert.compat_split import chunk_sizes
 from onnxinv.errors import ConversionError, ModelError
+from onnxinv.load.runtime import session
 
 # --------------------------------------------------------------------------------------- helpers
 
@@ -1045,7 +1045,7 @@ def test_backend_model_converts(name: str) -> None:
 @pytest.mark.parametrize("output", [0, 1])
 def test_backend_chunk_converts_per_output(output: int) -> None:
     # Split-2 with a `split` attribute and two graph outputs: to_torch takes one output, which
-    # onnxinv.model.load selects; each converts.
+    # onnxinv.load.model.load selects; each converts.
     model, (x,), _ = backend_case("pytorch-operator/test_operator_chunk")
     with pytest.raises(ModelError, match="one graph output"):
         to_torch(model, sample_input=x)

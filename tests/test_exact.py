@@ -22,15 +22,16 @@ from helpers import (
 from onnx import helper
 
 import onnxinv
-from onnxinv import model as model_mod
 from onnxinv import objective as objective_mod
 from onnxinv.errors import OptionError, UnreachableTargetError
-from onnxinv.exact import Exact, exact_for
-from onnxinv.exact.program import Program, TopRegion, pieces
+from onnxinv.load import model as model_mod
+from onnxinv.objective import TopRegion
+from onnxinv.partition.chain import Activation, Affine
 from onnxinv.rules import default_registry
 from onnxinv.settings import Settings
 from onnxinv.solvers.base import ModelProblem
-from onnxinv.solvers.chain import _Activation, _Affine
+from onnxinv.solvers.exact.analysis import ExactAnalysis, analysis_for
+from onnxinv.solvers.exact.program import Program, pieces
 from onnxinv.target import Target
 
 BOX = (0.0, 1.0)
@@ -112,7 +113,7 @@ def test_every_piecewise_rule_is_written_exactly(op):
                        [const(f"k{i}", c) for i, c in enumerate(consts)])  # fmt: skip
     loaded = model_mod.load(model.SerializeToString(), input=None, output=None, device="cpu",
                             seed=0, fixed=None, input_shape=None)  # fmt: skip
-    from onnxinv.graph import partition
+    from onnxinv.partition.blocks import partition
 
     step = partition(loaded, default_registry(), 0).blocks[0].steps[0]
     rule = step.rule
@@ -123,7 +124,7 @@ def test_every_piecewise_rule_is_written_exactly(op):
     s = (z[None] >= left).sum(0) - 1
     np.testing.assert_allclose(slope[s, range(n)] * z + icpt[s, range(n)],
                                np.asarray(rule.forward(z[None]), float).ravel(), atol=1e-12)  # fmt: skip
-    ops = [_Affine(np.eye(n), np.zeros(n)), _Activation(rule), _Affine(np.eye(n), np.zeros(n))]
+    ops = [Affine(np.eye(n), np.zeros(n)), Activation(rule), Affine(np.eye(n), np.zeros(n))]
     want = np.asarray(rule.forward(z[None]), float).ravel()
     for shift, feasible in ((0.0, True), (1e-3, False)):
         region = TopRegion(np.eye(n), want + shift - 1e-7, want + shift + 1e-7, want)
@@ -177,14 +178,14 @@ UNREACHABLE = {"distribution": [0.1, 0.45, 0.45]}
 
 def test_the_either_or_target_escapes_the_cheaper_proofs():
     """The case below is a proof only the program gives (else the test proves nothing new)."""
-    from onnxinv.certify import certify
+    from onnxinv.solvers.exact.certificate import certify
 
     assert certify(problem(either_or(), UNREACHABLE)) is None
 
 
 def test_proven_unreachable_is_sound_against_random_and_lm_inputs():
     model = either_or()
-    decision = Exact(problem(model, UNREACHABLE)).decide()
+    decision = ExactAnalysis(problem(model, UNREACHABLE)).decide()
     assert decision.status == "unreachable"
     assert "proven unreachable within the bounds [0, 1]" in decision.message
     assert "infeasible" in decision.message
@@ -205,7 +206,7 @@ def test_proven_unreachable_is_sound_against_random_and_lm_inputs():
 def test_real_outputs_are_never_called_unreachable(which, seed):
     model = {"either-or": either_or, "relu-mlp": lambda: mlp([6, 8, 6, 3]), "cnn": cnn}[which]()
     p = reachable_distribution(model, "probabilities", seed=10 + seed)
-    decision = Exact(problem(model, {"distribution": p})).decide()
+    decision = ExactAnalysis(problem(model, {"distribution": p})).decide()
     assert decision.status == "reachable", decision.message
 
 
@@ -215,7 +216,7 @@ def test_a_time_limit_gives_unknown_never_unreachable(limit):
     quick, "reachable"), never a proof."""
     model = mlp([32, 48, 48, 10], seed=3)
     p = reachable_distribution(model, "probabilities", seed=3)
-    decision = Exact(problem(model, {"distribution": p}, milp_time_limit=limit)).decide()
+    decision = ExactAnalysis(problem(model, {"distribution": p}, milp_time_limit=limit)).decide()
     assert decision.status in ("unknown", "reachable"), decision.message
     if decision.status == "unknown":
         assert "is unknown" in decision.message and "time limit" in decision.message.lower()
@@ -223,8 +224,8 @@ def test_a_time_limit_gives_unknown_never_unreachable(limit):
 
 def test_exact_applies_only_to_piecewise_chains_in_a_box():
     p = reachable_distribution(mlp([4, 5, 3]), "probabilities")
-    assert exact_for(problem(mlp([4, 5, 3]), {"distribution": p})) is not None
-    assert exact_for(problem(mlp([4, 5, 3], act="Sigmoid"), {"distribution": p})) is None
+    assert analysis_for(problem(mlp([4, 5, 3]), {"distribution": p})) is not None
+    assert analysis_for(problem(mlp([4, 5, 3], act="Sigmoid"), {"distribution": p})) is None
 
 
 # -------------------------------------------------------------------------- auto's fourth stage
@@ -233,11 +234,11 @@ def test_exact_applies_only_to_piecewise_chains_in_a_box():
 def test_auto_hands_what_the_other_stages_left_to_the_exact_solver(monkeypatch):
     """With the backward pass and LM made useless, auto still verifies every sample."""
     from onnxinv.solvers import auto as auto_mod
-    from onnxinv.solvers.base import Outcome
+    from onnxinv.solvers.base import SolverOutcome
 
     def useless(self, k, rng, x0=None, on_progress=None):
         x = np.full((k, self.problem.n), 0.5)
-        return Outcome(x, np.full(k, np.inf), np.zeros(k, dtype=np.int64), ["broken"] * k)
+        return SolverOutcome(x, np.full(k, np.inf), np.zeros(k, dtype=np.int64), ["broken"] * k)
 
     monkeypatch.setattr(auto_mod.BackwardSolver, "solve", useless)
     monkeypatch.setattr(auto_mod.ForwardSolver, "solve", useless)

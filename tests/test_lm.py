@@ -1,4 +1,4 @@
-"""Levenberg–Marquardt (``onnxinv.solvers.lm``) on analytic residuals, and the block solvers.
+"""Levenberg–Marquardt (``onnxinv.solvers.forward.lm``) on analytic residuals, and the block solvers.
 
 The unit tests use residuals whose roots are known in closed form: linear maps (square, wide and
 tall), Rosenbrock's root problem, roots on the boundary of a box and a box that holds no root, a
@@ -23,19 +23,19 @@ from solver_suites import GD_FAILURES, AllSuites, case
 
 from onnxinv import invert
 from onnxinv.errors import MemoryBudgetError
-from onnxinv.residual import DeadlineReached
 from onnxinv.settings import Settings
-from onnxinv.solvers import lm
 from onnxinv.solvers.base import Problem
-from onnxinv.solvers.forward import ForwardSolver
-from onnxinv.solvers.lm import (
+from onnxinv.solvers.forward import lm
+from onnxinv.solvers.forward.lm import (
     LMSettings,
     damped_step,
     levenberg_marquardt,
     per_sample_bytes,
     slice_size,
 )
+from onnxinv.solvers.forward.solver import ForwardSolver
 from onnxinv.solvers.registry import default_solvers
+from onnxinv.solvers.residual import DeadlineReached
 
 SOLVERS = default_solvers()
 

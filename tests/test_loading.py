@@ -20,13 +20,13 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxinv import invert
 from onnxinv.cli import main
 from onnxinv.errors import MemoryBudgetError, ModelError, OptionError
-from onnxinv.graph import partition
-from onnxinv.model import load
+from onnxinv.load.model import load
 from onnxinv.objective import build
-from onnxinv.residual import DeadlineReached, FiniteDifferenceResidual, build_residual
+from onnxinv.partition.blocks import partition
 from onnxinv.rules import default_registry
 from onnxinv.solvers.base import Starts
-from onnxinv.solvers.lm import LMSettings, levenberg_marquardt
+from onnxinv.solvers.forward.lm import LMSettings, levenberg_marquardt
+from onnxinv.solvers.residual import DeadlineReached, FiniteDifferenceResidual, build_residual
 from onnxinv.target import Target
 
 
@@ -502,7 +502,7 @@ def test_an_unexpected_failure_is_a_model_error_naming_the_phase(monkeypatch):
         raise ValueError("inhomogeneous shape")
 
     monkeypatch.setattr(api, "partition", broken, raising=False)
-    monkeypatch.setattr("onnxinv.graph.partition", broken)
+    monkeypatch.setattr("onnxinv.partition.blocks.partition", broken)
     monkeypatch.delenv("ONNXINV_DEBUG", raising=False)
     with pytest.raises(ModelError) as info:
         invert(_wide(4, 2), {"values": [[1.0, 1.0]]})
@@ -531,7 +531,7 @@ def test_sequence_tensors_inside_the_graph():
 
 
 def test_large_gram_products_are_blocked_and_interruptible(monkeypatch):
-    import onnxinv.solvers.lm as lm_mod
+    import onnxinv.solvers.forward.lm as lm_mod
 
     jac = torch.from_numpy(np.random.default_rng(10).normal(size=(2, 6, 500)))
     r = torch.ones((2, 6), dtype=torch.float64)
@@ -571,7 +571,7 @@ def test_batchnorm_on_a_whole_fixed_tensor():
     ],
 )
 def test_grid_ignores_a_fixed_batch_of_one(shape, image):
-    from onnxinv.output import image_shape
+    from onnxinv.write.folder import image_shape
 
     assert image_shape(shape) == image
 

@@ -17,16 +17,16 @@ from onnx import helper
 from test_rules import BATCH, CASES, assert_same_output, prepare, reachable, run
 
 import onnxinv
-from onnxinv import model as model_mod
-from onnxinv.graph import partition
+from onnxinv.load import model as model_mod
+from onnxinv.partition.blocks import partition
 from onnxinv.rules import default_registry, linalg, matfree
 from onnxinv.rules import spatial as cnv
-from onnxinv.rules.linear import _OnBasis
+from onnxinv.rules.linear import OnBasis
 
 MAX_CONDITION = 1e6  # high enough that the dense SVD cuts nothing on these layers
 
 OPERATOR_CASES = [
-    pytest.param(c, c.opsets()[-1], id=c.name) for c in CASES if issubclass(c.rule, _OnBasis)
+    pytest.param(c, c.opsets()[-1], id=c.name) for c in CASES if issubclass(c.rule, OnBasis)
 ]
 
 

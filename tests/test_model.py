@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxinv import invert
 from onnxinv.errors import ModelError
-from onnxinv.model import load
+from onnxinv.load.model import load
 
 DIGIT3 = np.full(10, 0.1 / 9)
 DIGIT3[3] = 0.9

@@ -10,7 +10,7 @@ For each, the partition must be contiguous from the input to the chosen output, 
 blocks one after another (each invertible step's ``rule.forward`` in numpy, each opaque block's
 sub-model in onnxruntime) must reproduce onnxruntime on the whole pruned model. ``load`` or
 ``partition`` may refuse a model with a :class:`ModelError`, never with anything else; neither
-may ``describe`` nor the construction of a :class:`Plan`.
+may ``describe`` nor the construction of a :class:`BackwardPass`.
 
 The ViT tests are the regression for a crash: a ``Shape`` node reading a data tensor used to be
 taken for a cut with no data output (``StopIteration`` in ``partition``).
@@ -33,13 +33,13 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 import onnxinv
-from onnxinv import model as model_mod
 from onnxinv import objective as objective_mod
 from onnxinv.errors import ModelError
-from onnxinv.graph import describe, partition
-from onnxinv.plan import Plan
+from onnxinv.load import model as model_mod
+from onnxinv.partition.blocks import describe, partition
 from onnxinv.rules import default_registry
 from onnxinv.settings import Settings
+from onnxinv.solvers.backward.plan import BackwardPass
 from onnxinv.solvers.base import ModelProblem
 from onnxinv.target import Target
 
@@ -432,7 +432,7 @@ def compose(part, lm, x: np.ndarray) -> np.ndarray:
                 name = step.output
             assert name == block.output
         else:
-            sub = model_mod._extract(part.model, block.input, block.output, False)
+            sub = model_mod.extract(part.model, block.input, block.output, False)
             # The sub-model's input declares one sample's shape, as the plan's LM needs it.
             dims = sub.graph.input[0].type.tensor_type.shape.dim
             assert tuple(d.dim_value for d in dims[1:]) == part.shapes[name], sub.graph.input
@@ -473,7 +473,7 @@ def check_partition(case: Case) -> str:
         problem = ModelProblem(
             Settings(bounds=bounds), lm, obj, deadline=None, max_memory=None, registry=REGISTRY
         )
-        Plan(problem)
+        BackwardPass(problem)
     except ModelError as exc:
         return f"plan ModelError: {str(exc)[:60]}"
     kinds = "+".join(b.kind[0] for b in blocks)

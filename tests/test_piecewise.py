@@ -22,8 +22,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.version_converter import convert_version
 
 import onnxinv
-from onnxinv import model as model_mod
-from onnxinv.graph import partition
+from onnxinv.load import model as model_mod
+from onnxinv.partition.blocks import partition
 from onnxinv.rules import OutsideDomain, default_registry
 from onnxinv.rules import piecewise as pw
 

@@ -1,4 +1,4 @@
-"""The plan (``onnxinv.plan.Plan``): inverse rules through invertible blocks, LM on opaque ones.
+"""The plan (``onnxinv.solvers.backward.plan.BackwardPass``): inverse rules through invertible blocks, LM on opaque ones.
 
 * On fully invertible chains every sample comes out exact, with no LM, and onnxruntime confirms
   it on the original model.
@@ -20,8 +20,8 @@ import torch
 from solver_suites import Case, case, export_bytes, pairwise_gap, reachable
 from torch import nn
 
-from onnxinv.plan import Plan
 from onnxinv.settings import Settings
+from onnxinv.solvers.backward.plan import BackwardPass
 from onnxinv.solvers.base import ModelProblem
 
 
@@ -51,19 +51,19 @@ def mixed_case(bounds) -> Case:
 def lm_calls(monkeypatch):
     """Every (source, destination) tensor pair the plan runs LM between."""
     calls: list[tuple[str, str]] = []
-    solve = Plan._solve
+    solve = BackwardPass._solve
 
     def spy(self, src, dst, fam, rng, exact, iterations):
         calls.append((src, dst))
         return solve(self, src, dst, fam, rng, exact, iterations)
 
-    monkeypatch.setattr(Plan, "_solve", spy)
+    monkeypatch.setattr(BackwardPass, "_solve", spy)
     return calls
 
 
 def run(c: Case, b: int, seed: int = 0, problem: ModelProblem | None = None):
     problem = problem or c.model_problem()
-    plan = Plan(problem)
+    plan = BackwardPass(problem)
     return problem, plan, plan.run(b, np.random.default_rng(seed))
 
 
@@ -73,7 +73,7 @@ def test_fully_invertible_chain_is_exact_without_lm(name, lm_calls):
     problem, plan, out = run(c, 6)
     assert problem.partition.fully_invertible
     assert out.x.shape == (6, c.n_in)
-    assert out.exact.all()
+    assert out.solved.all()
     assert not plan.used_lm and lm_calls == []
     assert problem.verify(out.x).verified.all()
     assert (c.ort_errors(out.x) <= c.tolerance).all()
@@ -93,13 +93,13 @@ def test_lm_runs_only_on_the_opaque_block(bounds, lm_calls):
     assert set(lm_calls) == {(opaque.input, opaque.output)}
     errors = c.ort_errors(out.x)
     verified = problem.verify(out.x).verified
-    assert verified[out.exact].all() and (errors[out.exact] <= c.tolerance).all()
+    assert verified[out.solved].all() and (errors[out.solved] <= c.tolerance).all()
     if bounds is None:  # nothing stands in the way: every sample exact
-        assert out.exact.all()
+        assert out.solved.all()
     else:  # the box may leave some to the polish; most come out exact
-        assert out.exact.sum() >= 3
+        assert out.solved.sum() >= 3
         assert out.x.min() >= -1 and out.x.max() <= 1
-    assert pairwise_gap(out.x[out.exact]) > 1e-3
+    assert pairwise_gap(out.x[out.solved]) > 1e-3
 
 
 class Token(nn.Module):
@@ -135,8 +135,8 @@ def test_lm_below_an_opaque_block_runs_from_the_input(lm_calls):
     assert kinds.count("opaque") == 2, kinds
     top = [b for b in problem.partition.blocks if b.kind == "opaque"][-1]
     assert lm_calls == [(problem.partition.input, top.output)]
-    assert out.exact.sum() >= 5
-    assert (c.ort_errors(out.x[out.exact]) <= c.tolerance).all()
+    assert out.solved.sum() >= 5
+    assert (c.ort_errors(out.x[out.solved]) <= c.tolerance).all()
     assert out.x.min() >= -1 and out.x.max() <= 1
     assert (out.iterations > 0).all()
 
@@ -148,7 +148,7 @@ def test_a_chain_with_an_expanding_layer_needs_no_lm(lm_calls):
     problem, plan, out = run(c, 4)
     assert problem.partition.fully_invertible
     assert not plan.used_lm and lm_calls == []
-    assert out.exact.all() and problem.verify(out.x).verified.all()
+    assert out.solved.all() and problem.verify(out.x).verified.all()
 
 
 def square_softmax() -> tuple[Case, np.ndarray]:
@@ -172,7 +172,7 @@ def test_softmax_free_direction_is_used():
     """The preimage of a distribution is the line x0 + t · W⁻¹ 1 (a logit constant)."""
     c, d = square_softmax()
     problem, plan, out = run(c, 6)
-    assert out.exact.all() and not plan.used_lm
+    assert out.solved.all() and not plan.used_lm
     assert problem.verify(out.x).verified.all()
     assert (c.ort_errors(out.x) <= c.tolerance).all()
     diffs = out.x[:, None] - out.x[None]
@@ -204,16 +204,16 @@ def test_exact_flag_is_never_optimistic(name):
     c = case(name)
     problem, _, out = run(c, 5, seed=3)
     verified = problem.verify(out.x).verified
-    assert verified[out.exact].all()
-    assert (c.ort_errors(out.x)[out.exact] <= c.tolerance).all()
+    assert verified[out.solved].all()
+    assert (c.ort_errors(out.x)[out.solved] <= c.tolerance).all()
     if name.startswith("unreachable"):
-        assert not out.exact.any() and not verified.any()
+        assert not out.solved.any() and not verified.any()
 
 
 def test_same_rng_same_samples_other_rng_other_samples():
     c = mixed_case(None)
     problem = c.model_problem()
-    plan = Plan(problem)
+    plan = BackwardPass(problem)
     a = plan.run(3, np.random.default_rng(1)).x
     b = plan.run(3, np.random.default_rng(1)).x
     other = plan.run(3, np.random.default_rng(2)).x
@@ -227,6 +227,6 @@ def test_past_deadline_returns_random_inputs_flagged_inexact(lm_calls):
         c.settings, c.loaded, c.objective, deadline=time.monotonic() - 1, max_memory=None
     )
     _, plan, out = run(c, 4, problem=problem)
-    assert not out.exact.any()
+    assert not out.solved.any()
     assert lm_calls == [] and not plan.used_lm
     assert out.x.shape == (4, 8) and out.x.min() >= -1 and out.x.max() <= 1

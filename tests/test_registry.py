@@ -14,9 +14,9 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnxinv
-from onnxinv import model as model_mod
 from onnxinv import plugins
-from onnxinv.graph import partition
+from onnxinv.load import model as model_mod
+from onnxinv.partition.blocks import partition
 from onnxinv.rules import (
     AffineRule,
     ElementwiseRule,

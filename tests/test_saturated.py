@@ -27,11 +27,10 @@ from helpers import (
 from onnx import helper
 
 from onnxinv import invert
-from onnxinv.exact.program import TopRegion
-from onnxinv.model import load
-from onnxinv.objective import build
-from onnxinv.plan import Plan
+from onnxinv.load.model import load
+from onnxinv.objective import TopRegion, build
 from onnxinv.settings import Settings
+from onnxinv.solvers.backward.plan import BackwardPass
 from onnxinv.solvers.base import ModelProblem
 from onnxinv.target import Target
 
@@ -120,7 +119,7 @@ def test_loose_rows_are_the_regions(target):
     problem = ModelProblem(
         Settings(bounds=BOUNDS), loaded, objective, deadline=None, max_memory=None
     )
-    chain = Plan(problem)._chain
+    chain = BackwardPass(problem)._chain
     region = TopRegion.for_objective(objective)
     if target == "digit3":
         assert not region.loose.any() and chain._loose is None

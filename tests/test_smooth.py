@@ -8,7 +8,7 @@ import torch
 from helpers import BUNDLED, TARGETS, assert_solved, dense
 
 import onnxinv
-from onnxinv.solvers.smooth import image_shape, total_variation
+from onnxinv.solvers.forward.tv import grid_shape, total_variation
 
 
 @pytest.mark.parametrize("target", ["digit3", "mix_1_7"])
@@ -44,4 +44,4 @@ def test_tv_on_a_non_image_input_is_ignored_with_a_note():
 )
 def test_image_shape(shape, n, hw):
     # (an NHWC input with one channel, 8x8x1, reads as the square 64 = 8x8)
-    assert image_shape(shape, n) == hw
+    assert grid_shape(shape, n) == hw

@@ -35,7 +35,7 @@ from onnxinv.errors import OptionError
 from onnxinv.rules import Registry, load_plugins
 from onnxinv.rules.base import Family, Interval, PointRule
 from onnxinv.settings import Settings
-from onnxinv.solvers.base import Outcome, Solver
+from onnxinv.solvers.base import Solver, SolverOutcome
 from onnxinv.solvers.registry import (
     ENTRY_POINT_GROUP,
     SolverRegistry,
@@ -51,7 +51,7 @@ class NewtonSolver(Solver):
     name = "toy-newton"
     summary = "Minimum-norm Newton steps from random starts (defined in a test)."
 
-    def solve(self, k, rng, x0=None, on_progress=None) -> Outcome:
+    def solve(self, k, rng, x0=None, on_progress=None) -> SolverOutcome:
         p = self.problem
         x = p.starts(rng)(k) if x0 is None else torch.from_numpy(x0)
         for _ in range(p.settings.max_iter):
@@ -66,7 +66,7 @@ class NewtonSolver(Solver):
             x = x - t * step
         error = p.error(p.residual.value(x)).numpy()
         its = np.full(k, p.settings.max_iter)
-        return Outcome(x.numpy(), error, its, [self.name] * k)
+        return SolverOutcome(x.numpy(), error, its, [self.name] * k)
 
 
 def register(registry) -> None:
@@ -184,16 +184,39 @@ def test_api_rejects_an_unknown_option_by_name():
 @pytest.mark.parametrize(
     "name, value",
     [("samples", 0), ("samples", True), ("seed", -1), ("max_iter", 1.5), ("restarts", -1),
-     ("init_std", 0.0), ("max_condition", 1.0), ("std", -0.1), ("gd_lr", float("nan")),
+     ("init_std", 0.0), ("max_condition", 1.0), ("null_scale", -0.1), ("gd_lr", float("nan")),
      ("gd_steps", 0), ("chunk_size", "8"), ("timeout", 0), ("bounds", "1,0"),
      ("bounds", (0, float("inf"))), ("input_shape", "a,b"), ("device", "tpu"),
-     ("method", "sideways"), ("max_memory", "lots"), ("input", ""), ("fixed", [1, 2]),
+     ("method", ""), ("max_memory", "lots"), ("input", ""), ("fixed", [1, 2]),
      ("disable_plugins", [1])],
 )  # fmt: skip
 def test_each_setting_is_validated_once_in_one_line(name, value):
     with pytest.raises(OptionError) as info:
         Settings(**{name: value})
     assert name in one_line(info.value)
+
+
+def test_an_unknown_method_is_refused_in_one_line_before_the_model_is_read(tmp_path):
+    """Settings take any method name; a run checks it against the registered solvers first."""
+    from onnxinv import invert, sweep
+
+    missing = tmp_path / "no-such-model.onnx"
+    for run in (
+        lambda: invert(missing, {"class": 1, "confidence": 0.9}, method="sideways"),
+        lambda: sweep([str(missing)], out=tmp_path / "sweep", method="sideways"),
+    ):
+        with pytest.raises(OptionError) as info:
+            run()
+        line = one_line(info.value)
+        assert "'sideways'" in line and "backward" in line and "no-such-model" not in line
+
+
+def test_an_earlier_option_name_is_still_accepted():
+    assert Settings.create(std=0.3).null_scale == 0.3
+    with pytest.raises(OptionError, match="earlier name"):
+        Settings.create(std=0.3, null_scale=0.2)
+    with pytest.raises(OptionError, match="null_scale"):
+        Settings.create(std=-1.0)
 
 
 def test_settings_are_frozen_normalised_and_overridable():

@@ -24,8 +24,8 @@ import onnxinv
 from onnxinv import Settings
 from onnxinv.cli import main
 from onnxinv.errors import OutputExistsError
-from onnxinv.figure import HEADER, PAD, TILE, layout
-from onnxinv.sweeps import Pair, _run_pool, run_pair
+from onnxinv.sweeps.run import Pair, _run_pool, run_pair
+from onnxinv.write.figure import HEADER, PAD, TILE, layout
 
 M1, M2 = str(BUNDLED[1]), str(BUNDLED[2])
 N = 4  # samples per pair
@@ -179,7 +179,7 @@ def failing(pair, model=None, on_progress=None):
 
 
 def test_a_pair_failing_twice_keeps_the_others(tmp_path, monkeypatch):
-    monkeypatch.setattr("onnxinv.sweeps.run_pair", failing)  # the CLI's (default) task
+    monkeypatch.setattr("onnxinv.sweeps.run.run_pair", failing)  # the CLI's (default) task
     out = tmp_path / "failing"
     res = invoke(M1, "--classes", "0,3", "-n", N, "--bounds", "0,1", "-o", out, "-j", 1)
     line = one_line_error(res)

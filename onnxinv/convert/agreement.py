@@ -7,8 +7,8 @@ import onnx
 import torch
 from torch import fx
 
-from .. import _ort
 from ..errors import ConversionError, ModelError
+from ..load import runtime
 from .compare import agrees
 from .diagnose import NodeRunError, first_disagreement, ort_values, torch_values
 from .locate import one_line
@@ -32,7 +32,7 @@ def run_ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
         ModelError: onnxruntime cannot load or run the model on ``x``.
     """
     try:
-        session = _ort.session(model.SerializeToString())
+        session = runtime.session(model.SerializeToString())
         return np.asarray(session.run(None, {graph_input(model).name: x})[0])
     except Exception as exc:
         raise ModelError(f"onnxruntime cannot run the model: {one_line(exc)}") from exc

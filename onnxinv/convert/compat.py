@@ -29,7 +29,6 @@ from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OperationConverterResult
 
 from . import (
-    _registry,
     compat_activations,
     compat_cast,
     compat_flatten,
@@ -40,6 +39,7 @@ from . import (
     compat_reshape,
     compat_sequence,
     compat_split,
+    registry,
 )
 
 #: op_type -> (newest since_version reviewed, what changed since onnx2torch's newest converter).
@@ -120,7 +120,7 @@ _FAMILIES = (
 _ADDED: list[tuple[str, int, str]] = []
 
 
-def _guarded(base: _registry.Converter, guard: Guard) -> _registry.Converter:
+def _guarded(base: registry.Converter, guard: Guard) -> registry.Converter:
     def converter(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
         guard(node)
         return base(node, graph)
@@ -134,33 +134,33 @@ def _newer_versions(op_type: str, up_to: int) -> list[int]:
 
     Gaps *below* the newest registered version are left alone: they may be real changes.
     """
-    registered = _registry.registered_versions(op_type)
+    registered = registry.registered_versions(op_type)
     newest = max(registered, default=up_to)
     return [
         v
-        for v in _registry.since_versions(op_type)
-        if newest < v <= up_to and _registry.lookup(op_type, v) is None
+        for v in registry.since_versions(op_type)
+        if newest < v <= up_to and registry.lookup(op_type, v) is None
     ]
 
 
 def _install_aliases() -> None:
     for op_type, (up_to, _reason) in ALIASES.items():
         for version in _newer_versions(op_type, up_to):
-            base = _registry.newest_below(op_type, version)
-            if base is not None and _registry.register(op_type, version, base):
+            base = registry.newest_below(op_type, version)
+            if base is not None and registry.register(op_type, version, base):
                 _ADDED.append((op_type, version, "alias"))
 
 
 def _install_guarded() -> None:
     for op_type, (up_to, guard) in GUARDED_ALIASES.items():
-        wrapped: _registry.Converter | None = None
+        wrapped: registry.Converter | None = None
         for version in _newer_versions(op_type, up_to):
             if wrapped is None:
-                base = _registry.newest_below(op_type, version)
+                base = registry.newest_below(op_type, version)
                 if base is None:
                     break
                 wrapped = _guarded(base, guard)
-            if _registry.register(op_type, version, wrapped):
+            if registry.register(op_type, version, wrapped):
                 _ADDED.append((op_type, version, "guarded alias"))
 
 

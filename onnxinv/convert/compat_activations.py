@@ -15,7 +15,7 @@ from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
 from torch import nn
 
-from . import _registry
+from . import registry
 
 
 class Gelu(nn.Module):
@@ -76,7 +76,7 @@ def convert_shrink(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult
 
 
 #: op_type -> (converter, newest since_version reviewed).
-CONVERTERS: dict[str, tuple[_registry.Converter, int]] = {
+CONVERTERS: dict[str, tuple[registry.Converter, int]] = {
     "Gelu": (convert_gelu, 20),
     "Mish": (convert_mish, 22),
     "Shrink": (convert_shrink, 9),
@@ -88,6 +88,6 @@ def install() -> list[tuple[str, int]]:
     return [
         (op_type, version)
         for op_type, (converter, up_to) in CONVERTERS.items()
-        for version in _registry.since_versions(op_type)
-        if version <= up_to and _registry.register(op_type, version, converter)
+        for version in registry.since_versions(op_type)
+        if version <= up_to and registry.register(op_type, version, converter)
     ]

@@ -20,7 +20,7 @@ from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
 from torch import nn
 
-from . import _registry
+from . import registry
 
 _ONNX2TORCH_MODULE = "onnx2torch.node_converters.cast"
 
@@ -68,13 +68,13 @@ def convert_cast_like(node: OnnxNode, graph: OnnxGraph) -> OperationConverterRes
 def install() -> list[tuple[str, int]]:
     """Use :func:`convert_cast` for every Cast version >= 9 and add CastLike."""
     added = []
-    for version in _registry.since_versions("Cast"):
+    for version in registry.since_versions("Cast"):
         if not 9 <= version <= CAST_REVIEWED_UP_TO:
             continue
-        if _registry.supersede("Cast", version, convert_cast, _ONNX2TORCH_MODULE):
+        if registry.supersede("Cast", version, convert_cast, _ONNX2TORCH_MODULE):
             added.append(("Cast", version))
-    for version in _registry.since_versions("CastLike"):
-        if version <= CASTLIKE_REVIEWED_UP_TO and _registry.register(
+    for version in registry.since_versions("CastLike"):
+        if version <= CASTLIKE_REVIEWED_UP_TO and registry.register(
             "CastLike", version, convert_cast_like
         ):
             added.append(("CastLike", version))

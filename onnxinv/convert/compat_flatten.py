@@ -17,7 +17,7 @@ from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
 from torch import nn
 
-from . import _registry
+from . import registry
 
 #: newest since_version of Flatten reviewed as handled here.
 REVIEWED_UP_TO = 25
@@ -51,7 +51,7 @@ def install() -> list[tuple[str, int]]:
     """Use :func:`convert_flatten` for every Flatten since_version up to REVIEWED_UP_TO."""
     return [
         ("Flatten", version)
-        for version in _registry.since_versions("Flatten")
+        for version in registry.since_versions("Flatten")
         if version <= REVIEWED_UP_TO
-        and _registry.supersede("Flatten", version, convert_flatten, _ONNX2TORCH_MODULE)
+        and registry.supersede("Flatten", version, convert_flatten, _ONNX2TORCH_MODULE)
     ]

@@ -16,7 +16,7 @@ from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
 from torch import nn
 
-from . import _registry
+from . import registry
 
 #: op_type -> (old since_version, newer since_version whose converter is exact for it, why).
 OLD_ALIASES: dict[str, tuple[int, int, str]] = {
@@ -52,9 +52,9 @@ def install() -> list[tuple[str, int]]:
     """Register the old-version aliases and Slice-1 where nothing is registered yet."""
     added = []
     for op_type, (old, new, _why) in OLD_ALIASES.items():
-        converter = _registry.lookup(op_type, new)
-        if converter is not None and _registry.register(op_type, old, converter):
+        converter = registry.lookup(op_type, new)
+        if converter is not None and registry.register(op_type, old, converter):
             added.append((op_type, old))
-    if _registry.register("Slice", 1, convert_slice1):
+    if registry.register("Slice", 1, convert_slice1):
         added.append(("Slice", 1))
     return added

@@ -19,7 +19,7 @@ from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
 from torch import nn
 
-from . import _registry
+from . import registry
 
 #: newest since_version of Pad reviewed as handled here.
 REVIEWED_UP_TO = 25
@@ -136,7 +136,7 @@ def install() -> list[tuple[str, int]]:
     """
     return [
         ("Pad", version)
-        for version in _registry.since_versions("Pad")
+        for version in registry.since_versions("Pad")
         if version <= REVIEWED_UP_TO
-        and _registry.supersede("Pad", version, convert_pad, _ONNX2TORCH_MODULE)
+        and registry.supersede("Pad", version, convert_pad, _ONNX2TORCH_MODULE)
     ]

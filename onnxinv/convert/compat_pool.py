@@ -37,7 +37,7 @@ from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OnnxMapping, OperationConverterResult
 from torch import nn
 
-from . import _registry
+from . import registry
 
 #: op_type -> newest since_version reviewed (22 only adds bfloat16 to each of them).
 REVIEWED_UP_TO: dict[str, int] = {
@@ -340,7 +340,7 @@ def _pool_converter(op_type: str) -> Callable[[OnnxNode, OnnxGraph, Callable | N
     kind = {"MaxPool": "max", "AveragePool": "avg", "LpPool": "lp"}[op_type]
 
     def convert(
-        node: OnnxNode, graph: OnnxGraph, base: _registry.Converter | None
+        node: OnnxNode, graph: OnnxGraph, base: registry.Converter | None
     ) -> OperationConverterResult:
         attrs = node.attributes
         if "kernel_shape" not in attrs:
@@ -387,7 +387,7 @@ def _global_converter(op_type: str) -> Callable[[OnnxNode, OnnxGraph, Callable |
     kind = "max" if op_type == "GlobalMaxPool" else "lp"
 
     def convert(
-        node: OnnxNode, graph: OnnxGraph, base: _registry.Converter | None
+        node: OnnxNode, graph: OnnxGraph, base: registry.Converter | None
     ) -> OperationConverterResult:
         del graph, base
         module = GlobalPool(kind, float(node.attributes.get("p", 2)))
@@ -410,7 +410,7 @@ def _without_padding(node: OnnxNode) -> OnnxNode:
 
 
 def convert_conv(
-    node: OnnxNode, graph: OnnxGraph, base: _registry.Converter | None
+    node: OnnxNode, graph: OnnxGraph, base: registry.Converter | None
 ) -> OperationConverterResult:
     """Conv: onnx2torch's, behind :class:`SamePad` when ``auto_pad`` is SAME_*."""
     if base is None:
@@ -427,7 +427,7 @@ def convert_conv(
 
 
 def convert_conv_transpose(
-    node: OnnxNode, graph: OnnxGraph, base: _registry.Converter | None
+    node: OnnxNode, graph: OnnxGraph, base: registry.Converter | None
 ) -> OperationConverterResult:
     """ConvTranspose: onnx2torch's for symmetric pads, :class:`OnnxConvTranspose` otherwise."""
     attrs = node.attributes
@@ -473,11 +473,11 @@ _CONVERTERS = {
 }
 
 #: (op_type, since_version) -> the onnx2torch converter ours replaced (None: there was none).
-_ORIGINALS: dict[tuple[str, int], _registry.Converter | None] = {}
-_WRAPPERS: dict[tuple[str, int], _registry.Converter] = {}
+_ORIGINALS: dict[tuple[str, int], registry.Converter | None] = {}
+_WRAPPERS: dict[tuple[str, int], registry.Converter] = {}
 
 
-def _base(op_type: str, version: int) -> _registry.Converter | None:
+def _base(op_type: str, version: int) -> registry.Converter | None:
     """onnx2torch's converter at ``version`` or, failing that, at the newest version below."""
     for v in sorted(_ORIGINALS, reverse=True):
         if v[0] == op_type and v[1] <= version and _ORIGINALS[v] is not None:
@@ -485,7 +485,7 @@ def _base(op_type: str, version: int) -> _registry.Converter | None:
     return None
 
 
-def _wrapper(op_type: str, version: int) -> _registry.Converter:
+def _wrapper(op_type: str, version: int) -> registry.Converter:
     if (op_type, version) not in _WRAPPERS:
 
         def converter(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
@@ -504,15 +504,15 @@ def install() -> list[tuple[str, int]]:
     """
     added = []
     for op_type, up_to in REVIEWED_UP_TO.items():
-        for version in _registry.since_versions(op_type):
+        for version in registry.since_versions(op_type):
             if version > up_to:
                 continue
-            current = _registry.lookup(op_type, version)
+            current = registry.lookup(op_type, version)
             if current is not None and current is _WRAPPERS.get((op_type, version)):
                 continue
             if current is not None and not current.__module__.startswith("onnx2torch."):
                 continue
             _ORIGINALS[op_type, version] = current
-            _registry.replace(op_type, version, _wrapper(op_type, version))
+            registry.replace(op_type, version, _wrapper(op_type, version))
             added.append((op_type, version))
     return added

@@ -21,7 +21,7 @@ from onnx2torch.utils.common import (
 )
 from torch import nn
 
-from . import _registry
+from . import registry
 
 Reducer = Callable[[torch.Tensor, list[int], bool], torch.Tensor]
 
@@ -146,7 +146,7 @@ def install() -> list[tuple[str, int]]:
     """Register :func:`convert_reduce18` for every reviewed since_version >= 18 still missing."""
     added = []
     for op_type, up_to in REVIEWED_UP_TO.items():
-        for version in _registry.since_versions(op_type):
-            if 18 <= version <= up_to and _registry.register(op_type, version, convert_reduce18):
+        for version in registry.since_versions(op_type):
+            if 18 <= version <= up_to and registry.register(op_type, version, convert_reduce18):
                 added.append((op_type, version))
     return added

@@ -20,7 +20,7 @@ from onnx2torch.utils.common import (
 )
 from torch import nn
 
-from . import _registry
+from . import registry
 
 _ONNX2TORCH_MODULE = OnnxReshape.__module__
 
@@ -70,9 +70,9 @@ def convert_reshape(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResul
 def install() -> list[tuple[str, int]]:
     """Use :func:`convert_reshape` for Reshape-14 and every newer reviewed since_version."""
     added = []
-    for version in _registry.since_versions("Reshape"):
+    for version in registry.since_versions("Reshape"):
         if version < 14 or version > REVIEWED_UP_TO:
             continue
-        if _registry.supersede("Reshape", version, convert_reshape, _ONNX2TORCH_MODULE):
+        if registry.supersede("Reshape", version, convert_reshape, _ONNX2TORCH_MODULE):
             added.append(("Reshape", version))
     return added

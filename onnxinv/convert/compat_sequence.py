@@ -12,7 +12,7 @@ from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
 from torch import nn
 
-from . import _registry
+from . import registry
 
 #: op_type -> newest since_version reviewed.
 REVIEWED_UP_TO = {
@@ -109,7 +109,7 @@ def convert_concat_from_sequence(node: OnnxNode, graph: OnnxGraph) -> OperationC
     return _result(ConcatFromSequence(int(attrs["axis"]), bool(attrs.get("new_axis", 0))), node)
 
 
-CONVERTERS: dict[str, _registry.Converter] = {
+CONVERTERS: dict[str, registry.Converter] = {
     "ConcatFromSequence": convert_concat_from_sequence,
     "SequenceAt": convert_sequence_at,
     "SequenceLength": convert_sequence_length,
@@ -122,6 +122,6 @@ def install() -> list[tuple[str, int]]:
     return [
         (op_type, version)
         for op_type, converter in CONVERTERS.items()
-        for version in _registry.since_versions(op_type)
-        if version <= REVIEWED_UP_TO[op_type] and _registry.register(op_type, version, converter)
+        for version in registry.since_versions(op_type)
+        if version <= REVIEWED_UP_TO[op_type] and registry.register(op_type, version, converter)
     ]

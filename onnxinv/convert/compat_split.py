@@ -15,7 +15,7 @@ from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
 from torch import nn
 
-from . import _registry
+from . import registry
 
 #: newest since_version of Split reviewed as handled here.
 REVIEWED_UP_TO = 18
@@ -59,6 +59,6 @@ def install() -> list[tuple[str, int]]:
     """Register :func:`convert_split18` for Split since_versions 18..REVIEWED_UP_TO."""
     return [
         ("Split", version)
-        for version in _registry.since_versions("Split")
-        if 18 <= version <= REVIEWED_UP_TO and _registry.register("Split", version, convert_split18)
+        for version in registry.since_versions("Split")
+        if 18 <= version <= REVIEWED_UP_TO and registry.register("Split", version, convert_split18)
     ]

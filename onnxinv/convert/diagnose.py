@@ -16,7 +16,7 @@ import onnx
 import torch
 from torch import fx
 
-from .. import _ort
+from ..load import runtime
 from .compare import agrees
 from .nodes import NodeInfo, node_infos
 from .sample import graph_input
@@ -77,7 +77,7 @@ def torch_values(module: fx.GraphModule, x: np.ndarray) -> dict[str, np.ndarray]
 
 def ort_values(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
     """Every node output of ``model`` on ``x`` according to onnxruntime."""
-    return _ort.all_values(model, {graph_input(model).name: x})
+    return runtime.all_values(model, {graph_input(model).name: x})
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ rules above left free directions (a softmax constant, a layer's null space). The
   its output, inside :meth:`PointRule.output_domain`, and returns the family of its preimages
   (a point for a bijective activation, ``log p + c`` for Softmax).
 
-The planner (``onnxinv.plan`` with ``onnxinv.solvers.collapse``) collapses a family into a point just below each point
+The planner (``onnxinv.solvers.backward.plan`` with ``onnxinv.solvers.backward.collapse``) collapses a family into a point just below each point
 rule, choosing the free coefficients ``u`` so that the point lies in the rule's domain (and in
 the input bounds at the graph input) – a small linear feasibility problem – and at random inside
 that set, so samples differ.
@@ -162,8 +162,9 @@ class InverseRule(ABC):
     """Base class of all inverse rules.
 
     Subclasses set ``op_type``, ``domain`` (ONNX domain, "" for the default) and ``versions``
-    (the operator's ``since_version`` values the rule handles), and ``exact`` (whether the
-    inverse reproduces the output exactly, up to the linear-algebra cut-off). The constructor
+    (the operator's ``since_version`` values the rule handles), and ``lossless`` (whether the
+    inverse reproduces the output exactly, up to the linear-algebra cut-off; a rule written for
+    an earlier release may still call it ``exact``). The constructor
     raises :class:`RuleNotApplicable` when this particular node cannot be inverted (e.g. Gemm
     whose weight is not constant), so the planner treats it as opaque.
     """
@@ -171,10 +172,15 @@ class InverseRule(ABC):
     op_type: ClassVar[str]
     domain: ClassVar[str] = ""
     versions: ClassVar[tuple[int, ...]]
-    exact: ClassVar[bool] = True
+    lossless: ClassVar[bool] = True
     kind: ClassVar[str]
     #: Invert this node only at the graph's output; elsewhere it is solved numerically.
     top_only: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "exact" in cls.__dict__ and "lossless" not in cls.__dict__:  # the earlier name
+            cls.lossless = bool(cls.__dict__["exact"])
 
     def __init__(self, ctx: NodeContext):
         self.ctx = ctx

@@ -2,7 +2,7 @@
 
 Also the two bases of every matrix-backed affine rule: :class:`_DenseRule` (a dense matrix and
 its SVD; above :data:`~onnxinv.rules.linalg.DENSE_LIMIT` entries a matrix-free inverse when the
-rule has one) and :class:`_OnBasis` (a rule given by its linear part as an operator, its matrix
+rule has one) and :class:`OnBasis` (a rule given by its linear part as an operator, its matrix
 built by applying it to the input basis when small).
 """
 
@@ -88,7 +88,7 @@ class _DenseRule(AffineRule):
         return None if self.large else self._mc
 
 
-class _OnBasis(_DenseRule):
+class OnBasis(_DenseRule):
     """An affine rule given by its linear part as an operator, with the exact transpose.
 
     Small: the matrix is the linear part applied to the input basis (then the dense SVD).

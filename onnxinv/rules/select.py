@@ -20,11 +20,11 @@ from functools import cached_property
 import numpy as np
 
 from .base import NodeContext, RuleNotApplicable
-from .linear import _OnBasis
+from .linear import OnBasis
 from .matfree import CoIsometry, coordinate_directions
 
 
-class Selection(_OnBasis):
+class Selection(OnBasis):
     """``y_flat[j] = x_flat[source[j]]`` where ``source[j] ≥ 0``, a constant elsewhere."""
 
     def __init__(self, ctx: NodeContext):

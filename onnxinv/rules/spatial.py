@@ -18,7 +18,7 @@ import numpy as np
 
 from .base import NodeContext, RuleNotApplicable
 from .convops import correlate, correlate_transpose, crop, scatter_windows, windows
-from .linear import _OnBasis
+from .linear import OnBasis
 from .matfree import CoIsometry, PerPosition
 from .select import Selection
 
@@ -47,7 +47,7 @@ def _auto_pad(ctx: NodeContext) -> str:
     return auto.decode() if isinstance(auto, bytes) else auto
 
 
-class _Convolution(_OnBasis):
+class _Convolution(OnBasis):
     """Shared by Conv and ConvTranspose: constant kernel W (input 1), optional constant bias."""
 
     def __init__(self, ctx: NodeContext):
@@ -189,7 +189,7 @@ class ConvTranspose(_Convolution):
         return crop(x, [0] * self.dims, size)
 
 
-class _Mean(_OnBasis):
+class _Mean(OnBasis):
     """A pool averaging windows; ``A Aᵀ = scale · I`` when the windows are disjoint and whole."""
 
     def _co_isometry(self, scale: float) -> CoIsometry:

@@ -37,10 +37,10 @@ from functools import cached_property
 import numpy as np
 
 from ..errors import MemoryBudgetError
-from .backward import BackwardSolver
-from .base import Outcome, Solver
-from .exact import ExactSolver
-from .forward import ForwardSolver, concatenate
+from .backward.solver import BackwardSolver
+from .base import Solver, SolverOutcome
+from .exact.solver import ExactSolver
+from .forward.solver import ForwardSolver, concatenate
 
 PILOTS = 8  # a run of at least this many chunks times both routes (two chunks each)
 SWITCH_WORTH = 5.0  # seconds the backward route would still take before the forward is tried
@@ -64,14 +64,14 @@ class AutoSolver(Solver):
     def prepare(self) -> None:
         self.backward.prepare()
 
-    def solve(self, k, rng, x0=None, on_progress=None) -> Outcome:
+    def solve(self, k, rng, x0=None, on_progress=None) -> SolverOutcome:
         if self.backward is None or self.route == "forward":
             return self._forward_route(k, rng, on_progress)
         if self.route is None and k >= PILOTS * self.problem.settings.chunk_size:
             return self._pilot(k, rng, on_progress)
         return self._backward_route(k, rng, on_progress)
 
-    def _pilot(self, k, rng, on_progress) -> Outcome:
+    def _pilot(self, k, rng, on_progress) -> SolverOutcome:
         """Time both routes on one chunk each (after one chunk of warm-up); the faster goes on.
 
         A route's first chunk pays one-time costs (the chain pass tries both box strategies,
@@ -97,18 +97,18 @@ class AutoSolver(Solver):
         return concatenate([*done, self.solve(left - 2 * pilot, rng, on_progress=on_progress)])
 
     @staticmethod
-    def _rate(done: list[Outcome], route) -> float:
+    def _rate(done: list[SolverOutcome], route) -> float:
         """Verified samples per second of one timed call of ``route``; its outcome joins ``done``."""
         t = time.perf_counter()
         done.append(route())
         return done[-1].verification.verified.sum() / (time.perf_counter() - t)
 
-    def _forward_route(self, k, rng, on_progress) -> Outcome:
+    def _forward_route(self, k, rng, on_progress) -> SolverOutcome:
         out = self.forward.solve(k, rng, on_progress=on_progress)
         out.verification = self.problem.verify(out.x)
         return out
 
-    def _backward_route(self, k, rng, on_progress) -> Outcome:
+    def _backward_route(self, k, rng, on_progress) -> SolverOutcome:
         """The backward pass, then polish and fresh forward starts for what it left."""
         if self.backward is None:
             return self._forward_route(k, rng, on_progress)
@@ -137,7 +137,7 @@ class AutoSolver(Solver):
             self._exact(out, pending, rng)
         return out
 
-    def _again_backward(self, out: Outcome, idx: np.ndarray, rng) -> None:
+    def _again_backward(self, out: SolverOutcome, idx: np.ndarray, rng) -> None:
         """Fresh backward draws for samples ``idx`` that the pass left unverified while it
         verified others of the same batch: its restarts ran out on these anchors, and new
         ones reach the target at about the rate the batch did (on deep nets, where LM from
@@ -150,7 +150,9 @@ class AutoSolver(Solver):
                 return
             idx = idx[~good]
 
-    def _take(self, out: Outcome, idx: np.ndarray, fresh: Outcome, path: str | None = None):
+    def _take(
+        self, out: SolverOutcome, idx: np.ndarray, fresh: SolverOutcome, path: str | None = None
+    ):
         """``fresh``'s samples replace samples ``idx`` of ``out`` where onnxruntime verifies
         them (their paths become ``path`` if given); returns that mask."""
         check = self.problem.verify(fresh.x)
@@ -168,26 +170,26 @@ class AutoSolver(Solver):
     @cached_property
     def exact(self) -> ExactSolver | None:
         """Stage 4, for piecewise-linear chains in a box (None elsewhere)."""
-        from ..exact import exact_for
+        from .exact.analysis import analysis_for
 
-        return ExactSolver(self.problem) if exact_for(self.problem) is not None else None
+        return ExactSolver(self.problem) if analysis_for(self.problem) is not None else None
 
     def _proven(self) -> bool:
         """Whether the exact decision proves the target unreachable (asked when the backward
         pass verified nothing: a proof then spares the LM stages their restarts)."""
         if self.exact is None or self.problem.expired():
             return False
-        from ..exact import exact_of
+        from .exact.analysis import analysis_of
 
-        return exact_of(self.problem).decide().status == "unreachable"
+        return analysis_of(self.problem).decide().status == "unreachable"
 
-    def _exact(self, out: Outcome, idx: np.ndarray, rng) -> None:
+    def _exact(self, out: SolverOutcome, idx: np.ndarray, rng) -> None:
         """Stage 4 on samples ``idx``: the exact solver's samples replace them where verified."""
         if self.problem.expired():
             return
         self._take(out, idx, self.exact.solve(len(idx), rng), "exact")
 
-    def _polish(self, out: Outcome, idx: np.ndarray, rng) -> None:
+    def _polish(self, out: SolverOutcome, idx: np.ndarray, rng) -> None:
         """Stages 2 and 3 on samples ``idx`` of ``out``, in place."""
         bounds = self.problem.bounds
         x0 = out.x[idx].astype(np.float64)
@@ -210,7 +212,7 @@ class AutoSolver(Solver):
             for i in rest[better]:
                 out.paths[i] = "forward"
 
-    def again(self, k, rng) -> Outcome:
+    def again(self, k, rng) -> SolverOutcome:
         """Replacements for repeated samples come from fresh forward starts (the plan's
         choices may be deterministic)."""
         return self.forward.run(k, rng)

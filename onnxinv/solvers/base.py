@@ -1,11 +1,11 @@
-"""The contract every solver follows: a :class:`Problem` in, an :class:`Outcome` out.
+"""The contract every solver follows: a :class:`Problem` in, an :class:`SolverOutcome` out.
 
 A *problem* is an inversion to solve: find flat inputs ``x`` (n values each) inside optional
 box bounds with ``residual(x) = 0``, judged by an error measure and a tolerance. It may be the
 whole model (:class:`ModelProblem`, which adds the loaded model, the objective, the rule
 registry and the onnxruntime check) or one block of it (the planner builds those for the
 opaque parts of a graph). A *solver* is a class constructed on a problem that returns, for
-``k`` samples, one :class:`Outcome`: samples, per-sample error, iterations, paths and notes.
+``k`` samples, one :class:`SolverOutcome`: samples, per-sample error, iterations, paths and notes.
 
 Solvers register like inverse rules (:mod:`onnxinv.solvers.registry`, entry-point group
 ``onnxinv.solvers``); ``--method NAME`` runs the solver registered as NAME.
@@ -25,11 +25,11 @@ import numpy as np
 from ..errors import OptionError, set_phase
 
 if TYPE_CHECKING:
-    from ..model import LoadedModel
+    from ..load.model import LoadedModel
     from ..objective import Objective
-    from ..residual import Residual
     from ..settings import Settings
     from ..verify import Verification
+    from .residual import Residual
 
 
 PRIOR_SPREAD = 0.01  # starts near a prior: its value plus noise of this size (of the box)
@@ -137,7 +137,7 @@ class ModelProblem(Problem):
         max_memory: int | None,
         registry=None,
     ):
-        from ..residual import build_residual
+        from .residual import build_residual
 
         notes = list(loaded.notes)
 
@@ -177,6 +177,15 @@ class ModelProblem(Problem):
         self._registry = registry
         self.plan_info: list[str] | None = None
         self.jacobian_sources: set[str] = set()
+        #: Analyses that several solvers of one run share, built by the first that needs one
+        #: (the exact solver's, keyed by :data:`onnxinv.solvers.exact.analysis.CACHE_KEY`).
+        self.shared: dict[str, Any] = {}
+
+    @property
+    def residual_built(self) -> Residual | None:
+        """The residual provider if a solver has built it (the report names its Jacobians),
+        without building it."""
+        return self.__dict__.get("residual")
 
     @cached_property
     def registry(self):
@@ -188,7 +197,7 @@ class ModelProblem(Problem):
     @cached_property
     def partition(self):
         """The graph's invertible and opaque blocks (and the plan's description for reports)."""
-        from ..graph import describe, partition
+        from ..partition.blocks import describe, partition
 
         set_phase("while partitioning the graph")
         part = partition(self.loaded, self.registry, self.settings.seed)
@@ -197,11 +206,11 @@ class ModelProblem(Problem):
 
     @cached_property
     def chain(self) -> tuple[list, list] | None:
-        """The first block as a chain (:func:`~onnxinv.solvers.chain.chain_of`), or None.
+        """The first block as a chain (:func:`~onnxinv.partition.chain.chain_of`), or None.
 
         Composed once per run: the certificate and the plan both use it.
         """
-        from .chain import chain_of
+        from ..partition.chain import chain_of
 
         blocks = self.partition.blocks
         return chain_of(blocks[0]) if blocks and blocks[0].kind == "invertible" else None
@@ -220,7 +229,7 @@ class ModelProblem(Problem):
 
 
 @dataclass
-class Outcome:
+class SolverOutcome:
     """What every solver returns for k samples.
 
     Attributes:
@@ -243,7 +252,7 @@ class Outcome:
     timed_out: bool = False
 
     @classmethod
-    def unsolved(cls, x: np.ndarray, path: str) -> Outcome:
+    def unsolved(cls, x: np.ndarray, path: str) -> SolverOutcome:
         """Samples that no solver worked on (e.g. drawn after the deadline)."""
         k = len(x)
         return cls(np.asarray(x, dtype=np.float64), np.full(k, np.nan),
@@ -278,15 +287,15 @@ class Solver(ABC):
         rng: np.random.Generator,
         x0: np.ndarray | None = None,
         on_progress: Callable[[int], None] | None = None,
-    ) -> Outcome:
+    ) -> SolverOutcome:
         """``k`` samples; from starting points ``x0`` (k, n) where the solver uses them."""
 
-    def run(self, k: int, rng: np.random.Generator, on_progress=None) -> Outcome:
+    def run(self, k: int, rng: np.random.Generator, on_progress=None) -> SolverOutcome:
         """:meth:`solve`, unless the deadline has passed: then random starts, flagged."""
         if self.problem.expired():
-            return Outcome.unsolved(self.problem.starts(rng)(k).numpy(), "timed out")
+            return SolverOutcome.unsolved(self.problem.starts(rng)(k).numpy(), "timed out")
         return self.solve(k, rng, on_progress=on_progress)
 
-    def again(self, k: int, rng: np.random.Generator) -> Outcome:
+    def again(self, k: int, rng: np.random.Generator) -> SolverOutcome:
         """New samples to replace repeats of earlier ones (default: :meth:`run` once more)."""
         return self.run(k, rng)

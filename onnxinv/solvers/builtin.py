@@ -7,9 +7,9 @@ def register(registry) -> None:
     """Register auto, backward, forward, exact and gd (in the order ``onnxinv methods`` lists
     them)."""
     from .auto import AutoSolver
-    from .backward import BackwardSolver
-    from .exact import ExactSolver
-    from .forward import ForwardSolver
+    from .backward.solver import BackwardSolver
+    from .exact.solver import ExactSolver
+    from .forward.solver import ForwardSolver
     from .gd import GradientDescentSolver
 
     for solver in (AutoSolver, BackwardSolver, ForwardSolver, ExactSolver, GradientDescentSolver):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Outcome, Solver
-from .forward import concatenate
+from .base import Solver, SolverOutcome
+from .forward.solver import concatenate
 
 
 class GradientDescentSolver(Solver):
@@ -24,7 +24,7 @@ class GradientDescentSolver(Solver):
     def prepare(self) -> None:
         self.problem.residual  # noqa: B018 - converts the model now, timed as conversion
 
-    def solve(self, k, rng, x0=None, on_progress=None) -> Outcome:
+    def solve(self, k, rng, x0=None, on_progress=None) -> SolverOutcome:
         starts = self.problem.starts(rng)
         size = self.problem.settings.chunk_size
         parts = []
@@ -34,7 +34,7 @@ class GradientDescentSolver(Solver):
             parts.append(self._chunk(start.to(torch.float64), on_progress))
         return concatenate(parts)
 
-    def _chunk(self, x0: torch.Tensor, on_progress) -> Outcome:
+    def _chunk(self, x0: torch.Tensor, on_progress) -> SolverOutcome:
         p, s = self.problem, self.problem.settings
         residual = p.residual
         residual.deadline = p.deadline
@@ -73,7 +73,7 @@ class GradientDescentSolver(Solver):
             steps += (~done).to(torch.int64)
         if on_progress is not None and (~done).any():
             on_progress(int((~done).sum()))
-        return Outcome(
+        return SolverOutcome(
             x.detach().numpy().copy(), error.detach().numpy(), steps.numpy(), [self.name] * b,
             timed_out=timed_out,
         )  # fmt: skip

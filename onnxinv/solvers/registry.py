@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..errors import OnnxInvError
+from ..errors import OnnxInvError, OptionError
 from ..plugins import disabled_from_env, load_entry_points
 from .base import Solver
 
@@ -92,3 +92,12 @@ def default_solvers(disabled: Iterable[str] = ()) -> SolverRegistry:
     if key not in _DEFAULT:
         _DEFAULT[key] = load_solver_plugins(SolverRegistry(), key)
     return _DEFAULT[key]
+
+
+def check_method(method: str, name: str = "method") -> str:
+    """``method`` if a solver is registered under it (plugins included), else an
+    :class:`~onnxinv.errors.OptionError` listing the methods."""
+    names = default_solvers().names()
+    if method not in names:
+        raise OptionError(f"{name} must be one of {', '.join(names)}, not {method!r}")
+    return method

@@ -76,7 +76,7 @@ class Mish(ElementwiseRule):
 
     op_type = "Mish"
     versions = (18, 22)  # the since_version values of ONNX's Mish schema
-    exact = True  # on the increasing branch the inverse reproduces y to 1e-12
+    lossless = True  # on the increasing branch the inverse reproduces y to 1e-12
 
     def output_domain(self) -> Interval:
         # Open: the planner keeps its points a margin above the minimum, where the inverse is

@@ -16,8 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxinv_mish import X_MIN, Y_MIN, ExampleMish, Mish
 
 import onnxinv
-from onnxinv import model as model_mod
-from onnxinv.graph import partition
+from onnxinv.load import model as model_mod
+from onnxinv.partition.blocks import partition
 from onnxinv.rules import NodeContext, OutsideDomain, Registry, RegistryError, builtin
 
 OPSETS = (18, 22)  # one per since_version of ONNX's Mish schema

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .base import Outcome, Solver
+from ..base import Solver, SolverOutcome
 
 
 class BackwardSolver(Solver):
@@ -21,14 +21,14 @@ class BackwardSolver(Solver):
     whole_model = True
 
     def prepare(self) -> None:
-        from ..errors import set_phase
-        from ..plan import Plan
+        from ...errors import set_phase
+        from .plan import BackwardPass
 
         self.problem.partition  # noqa: B018 - partitioned first, its own phase
         set_phase("while planning the backward pass")
-        self.plan = Plan(self.problem)
+        self.plan = BackwardPass(self.problem)
 
-    def solve(self, k, rng, x0=None, on_progress=None) -> Outcome:
+    def solve(self, k, rng, x0=None, on_progress=None) -> SolverOutcome:
         """``k`` samples in chunks of ``chunk_size``; ``x0`` is ignored (the plan draws).
 
         Each chunk draws from its own generator (spawned from ``rng`` in chunk order, so a
@@ -57,10 +57,10 @@ class BackwardSolver(Solver):
         else:
             outs += [chunk(i) for i in range(1, len(sizes))]
         xs = [o.x for o in outs]
-        exact = [o.exact for o in outs]
+        solved = [o.solved for o in outs]
         iterations = [o.iterations for o in outs]
         path = "backward+lm" if self.plan.used_lm else "backward"
         self.problem.jacobian_sources |= self.plan.jacobian_sources
-        error = np.where(np.concatenate(exact), 0.0, np.nan)  # the check judges inexact ones
-        return Outcome(np.concatenate(xs), error, np.concatenate(iterations), [path] * k,
+        error = np.where(np.concatenate(solved), 0.0, np.nan)  # the check judges inexact ones
+        return SolverOutcome(np.concatenate(xs), error, np.concatenate(iterations), [path] * k,
                        list(self.plan.notes))  # fmt: skip

@@ -1,7 +1,7 @@
 """Proofs that a target is out of reach inside the input box.
 
 For a model whose graph is one chain (dense affine maps and monotone activations below a
-Softmax-like top, see :mod:`onnxinv.solvers.chain`), interval bounds are propagated from the box
+Softmax-like top, see :mod:`onnxinv.solvers.backward.newton`), interval bounds are propagated from the box
 to the input of the last affine map, ``z = M h + c``. Over that box of ``h`` the range of every
 *difference* of two logits ``z_i − z_j = (M_i − M_j) h + c_i − c_j`` is computed exactly (tighter
 than subtracting two intervals), and compared with what the target allows: for a distribution
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .solvers.chain import _Affine, _Select
+from ...partition.chain import Affine, Select
 
 SLACK = 1e-5
 MAX_PAIRS_K = 64  # all pairs up to this many classes; above, each class against the largest
@@ -56,7 +56,7 @@ def _linear_upper(queries: np.ndarray, ops, relaxations, lo: np.ndarray, hi: np.
     const = np.zeros(len(W))
     r = len(relaxations)
     for op in reversed(ops):
-        if isinstance(op, _Affine):
+        if isinstance(op, Affine):
             const += W @ op.c
             W = W @ op.M
         else:
@@ -107,9 +107,9 @@ def proof_chain(problem, select: bool = False) -> list | None:
     if len(part.blocks) != 1 or found is None:
         return None
     ops, top = found
-    if not ops or not isinstance(ops[-1], _Affine):
+    if not ops or not isinstance(ops[-1], Affine):
         return None
-    if not select and any(isinstance(o, _Select) for o in ops):
+    if not select and any(isinstance(o, Select) for o in ops):
         return None  # (a max pool is not elementwise: no per-neuron relaxation for it)
     tops = {s.rule.op_type for s in top}
     if obj.kind == "distribution" and not (tops <= {"Softmax", "LogSoftmax"}):
@@ -135,7 +135,7 @@ def certify(problem) -> str | None:
     box_lo, box_hi = lo.copy(), hi.copy()
     relaxations = []  # per activation: (slope, lower intercept, upper intercept)
     for op in ops[:-1]:
-        if isinstance(op, _Affine):
+        if isinstance(op, Affine):
             mid, rad = (lo + hi) / 2, (hi - lo) / 2
             centre, spread = op.M @ mid + op.c, np.abs(op.M) @ rad
             lo, hi = centre - spread, centre + spread

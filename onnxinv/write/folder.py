@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import OutputExistsError
+from ..errors import OutputExistsError
 
 if TYPE_CHECKING:
-    from .result import InversionResult
+    from ..result import InversionResult
 
 
 def check_destination(path: str | os.PathLike, overwrite: bool) -> Path:

@@ -11,7 +11,7 @@ most the one a binary picks (big-M from the entries' bounds, ``Σ d = 1``). The 
 from interval arithmetic from the box, widened by :data:`SLACK`; they are sound, so an
 infeasible program proves that no input in the box reaches the top constraints.
 
-The top constraints (:class:`TopRegion`) restrict the last affine map's output to what any
+The top constraints (:class:`~onnxinv.objective.TopRegion`) restrict the last affine map's output to what any
 output within the user's tolerance satisfies (necessary conditions: so an infeasible program
 is a proof; a feasible one gives a pattern, on which :mod:`.polytope` then asks for the exact
 request). scipy's ``milp`` (HiGHS branch and cut) solves it.
@@ -19,56 +19,12 @@ request). scipy's ``milp`` (HiGHS branch and cut) solves it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from ..solvers.chain import _Affine, _Select
+from ...objective import TopRegion
+from ...partition.chain import Affine, Select
 
 SLACK = 1e-6  # relative widening of every propagated bound (far above float64 rounding)
-
-
-@dataclass
-class TopRegion:
-    """Bounds ``[need_lo, need_hi]`` on ``D z_top`` (``D`` (r, k)) that every output within the
-    tolerance satisfies, and the exact request ``D z_top = want`` (r,); rows marked ``loose``
-    (probabilities far below the tolerance) need only stay below ``want``'s bound there, the
-    ``cap`` (r,), so their logits may drop as low as the pattern allows."""
-
-    D: np.ndarray
-    need_lo: np.ndarray
-    need_hi: np.ndarray
-    want: np.ndarray
-    loose: np.ndarray | None = None
-    cap: np.ndarray | None = None
-
-    @classmethod
-    def for_objective(cls, obj) -> TopRegion | None:
-        """The region for a distribution (logit differences against the likeliest class) or
-        values target; None when the target pins nothing (every probability within ``t``)."""
-        t = float(obj.tolerance)
-        v = obj.target.ravel().astype(np.float64)
-        k = len(v)
-        if obj.kind == "values":
-            return cls(np.eye(k), v - t, v + t, v)
-        ref = int(np.argmax(v))
-        if v[ref] <= t:
-            return None
-        others = np.array([i for i in range(k) if i != ref])
-        D = np.zeros((len(others), k))
-        D[np.arange(len(others)), others] = 1.0
-        D[:, ref] = -1.0
-        p = v[others]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            need_lo = np.where(p > t, np.log((p - t) / (v[ref] + t)), -np.inf)
-            need_hi = np.log((p + t) / (v[ref] - t))
-            want = np.log(p / v[ref])
-        # Classes whose total share stays under a quarter of the tolerance: any logit giving
-        # them at most that share will do (exact ratios like 1e-20 are not needed).
-        floor = t / (4 * k)
-        loose = p < floor
-        cap = np.log(np.where(loose, floor, p) / v[ref])
-        return cls(D, need_lo, need_hi, want, loose, cap)
 
 
 def pieces(rule, n: int):
@@ -91,7 +47,7 @@ def pieces(rule, n: int):
     return left, right, slope, fp - slope * p
 
 
-def _widen(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def widen(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each bound moved outwards by ``SLACK`` relative (an infinite one stays as it is)."""
     with np.errstate(invalid="ignore"):
         return lo - SLACK * (1 + np.abs(lo)), hi + SLACK * (1 + np.abs(hi))
@@ -161,15 +117,15 @@ class Program:
                 hi = np.maximum(hi, lo)
             self.inputs[i] = (cur, lo, hi)
             self._at = i
-            if isinstance(op, _Affine):
+            if isinstance(op, Affine):
                 cur, lo, hi = self._affine(R, op, cur, lo, hi)
-            elif isinstance(op, _Select):
+            elif isinstance(op, Select):
                 cur, lo, hi = self._select(R, op.rule.windows(), cur, lo, hi)
             else:
                 cur, lo, hi = self._activation(R, op.rule, cur, lo, hi)
         D = region.D
         nz = np.nonzero(D)
-        self.top_rows = R.rows(nz[0], cur[nz[1]], D[nz], *_widen(region.need_lo, region.need_hi))
+        self.top_rows = R.rows(nz[0], cur[nz[1]], D[nz], *widen(region.need_lo, region.need_hi))
         self.top_lo, self.top_hi = lo, hi  # bounds of the top values
         from scipy.sparse import csr_matrix
 
@@ -183,11 +139,11 @@ class Program:
 
     # -- writing the chain ---------------------------------------------------------------------
     @staticmethod
-    def _affine(R: _Rows, op: _Affine, h, lo, hi):
+    def _affine(R: _Rows, op: Affine, h, lo, hi):
         M = op.M
         mid, rad = (lo + hi) / 2, (hi - lo) / 2
         centre, spread = M @ mid + op.c, np.abs(M) @ rad
-        zlo, zhi = _widen(centre - spread, centre + spread)
+        zlo, zhi = widen(centre - spread, centre + spread)
         z = R.variables(zlo, zhi)
         m = len(z)
         nz = np.nonzero(M)
@@ -207,7 +163,7 @@ class Program:
         on = (seg_lo < seg_hi) | ((lo == hi) & (left <= lo) & (lo <= right))
         vals = np.stack([slope * seg_lo + icpt, slope * seg_hi + icpt])  # (2, S, n)
         vals = np.where(on[None], vals, np.nan)
-        hlo, hhi = _widen(np.nanmin(vals, axis=(0, 1)), np.nanmax(vals, axis=(0, 1)))
+        hlo, hhi = widen(np.nanmin(vals, axis=(0, 1)), np.nanmax(vals, axis=(0, 1)))
         h = R.variables(hlo, hhi)
         count = on.sum(0)
         self.undecided[self._at] = np.flatnonzero(count > 1)

@@ -22,7 +22,7 @@ interior Newton iteration:
   scaling: a coordinate close to a bound moves little), ``dx = −W Jᵀ(J W Jᵀ + μI)⁻¹ r``, then
   cut to stay strictly inside the box and halved until ``|r|`` decreases;
 * each sample starts from its own anchor (a uniform random point of the box; without bounds
-  the particular solution plus a random vector of relative size ``--std``), so samples differ
+  the particular solution plus a random vector of relative size ``--null-scale``), so samples differ
   and the steps only move them as far as the target requires.
 
 * the box is handled by one of two strategies, affine scaling (stay strictly inside) or
@@ -41,12 +41,12 @@ interior Newton iteration:
   ``SHARED_RATE`` or it nears round-off.
 
 Newton converges quadratically, so a sample is accepted when ``|r|`` is at round-off level
-(``EXACT``): the request is met exactly, not to a tolerance; or, for targets with
+(``ROUNDOFF``): the request is met exactly, not to a tolerance; or, for targets with
 probabilities so near 0 that the logits the box reaches cannot match them exactly, once the
 user's check holds with half its tolerance to spare and ``|r|`` has stopped falling fast.
 
 A distribution's classes far below the tolerance (``p_k < t/(4k)``, a saturated output's
-1e-12) are *loose*, as :class:`~onnxinv.exact.program.TopRegion` defines them: any logit that
+1e-12) are *loose*, as :class:`~onnxinv.objective.TopRegion` defines them: any logit that
 keeps them under that floor passes the check, and matching ``log p_k`` exactly may ask for a
 logit difference the box cannot produce. With loose classes, the rows of ``r`` are the logit
 differences against the likeliest class: equalities for the others, and for a loose class the
@@ -61,15 +61,15 @@ There is no per-sample Python loop: every operation is a matrix product or a bat
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
-from ..rules.base import AffineRule, Family, InverseRule
-from ..rules.linalg import DENSE_LIMIT, null_basis
-from .base import near_prior
+from ...partition.chain import Activation, Affine, Select
+from ...rules.base import AffineRule, Family
+from ...rules.linalg import null_basis
+from ..base import near_prior
 
-EXACT = 1e-10  # |r| relative to the top value's scale at which a sample is exact
+ROUNDOFF = 1e-10  # |r| relative to the top value's scale at which a sample is exact
 MAX_ITER = 60  # Newton iterations per attempt
 LAMBDA_MIN = 1e-10  # smallest Levenberg damping (relative to J W Jᵀ's mean diagonal)
 BOUNDARY = 0.995  # with affine scaling, the fraction of the way to the box a step may go
@@ -80,111 +80,10 @@ STALL_FACTOR = 0.9
 SLOW = 0.1  # |r| falling by less than this factor in a step: Newton is past its fast phase
 ACTIVE_ROUNDS = 10  # active-set rounds of a step with loose rows (see _step)
 BOX_ROUNDS = 12  # semismooth Newton rounds of a step inside the box (see _box_step)
-SELECT_LIMIT = DENSE_LIMIT // 64  # widest input of a max pool inside a chain
 TRIAL = 16  # samples each box strategy is tried on before the faster one goes first
 JACOBIAN_DTYPE = np.float32  # per-sample Jacobian rows (see ChainSolver.jacobian)
 SHARED_RATE = 0.3  # the batch-shared Jacobian's steps go on while they cut |r| at least this much
 SHARED_UNTIL = 1e-6  # ... and until the median |r| (relative) is this small
-
-
-def _reshape(rule) -> bool:
-    """Whether an affine rule only rearranges values (its matrix is a permutation)."""
-    if not isinstance(rule, AffineRule) or rule.ctx.input_size != rule.ctx.output_size:
-        return False
-    if rule.ctx.input_size > 4096:
-        return False
-    mc = rule.dense()
-    return mc is not None and not mc[1].any() and _permutation(mc[0])
-
-
-@dataclass
-class _Affine:
-    """Composed affine steps ``z = M h + c`` on flat values."""
-
-    M: np.ndarray
-    c: np.ndarray
-
-    def __post_init__(self) -> None:
-        self.low = self.M.astype(JACOBIAN_DTYPE)  # for the Jacobian sweep
-
-
-@dataclass
-class _Activation:
-    rule: InverseRule
-
-
-@dataclass
-class _Select:
-    """A rule whose every output copies one of its inputs (MaxPool): its Jacobian is a
-    selection, recorded per sample as the copied input's index."""
-
-    rule: InverseRule
-    n_in: int
-
-
-def chain_of(block) -> tuple[list, list] | None:
-    """The block's steps as ([affine or activation ops from the input up], [top rules]).
-
-    None when a step is neither a dense affine map nor an elementwise activation that is
-    differentiable almost everywhere nor a max pool (below the block's top-only rules), or a
-    matrix would be too large to hold densely.
-    """
-    steps = list(block.steps)
-    top = []
-    # Top-only rules (Softmax), and the shape-only steps after them (a final Identity).
-    last = max((i for i, s in enumerate(steps) if s.rule.top_only), default=None)
-    if last is not None and all(_reshape(s.rule) for s in steps[last + 1 :]):
-        top = steps[last:]
-        steps = steps[:last]
-        while steps and steps[-1].rule.top_only:
-            top.insert(0, steps.pop())
-    if not steps:
-        return None
-    ops: list = []
-    pending: list = []  # consecutive affine steps, composed when the run ends
-
-    def close() -> bool:
-        M = c = None
-        for step in pending:
-            if step.rule.ctx.input_size * step.rule.ctx.output_size > DENSE_LIMIT:
-                return False
-            mc = step.rule.dense()
-            if mc is None:
-                return False
-            M, c = mc if M is None else (mc[0] @ M, mc[0] @ c + mc[1])
-        if M is not None:
-            ops.append(_Affine(np.ascontiguousarray(M), c))
-        pending.clear()
-        return True
-
-    for step in steps:
-        if isinstance(step.rule, AffineRule):
-            pending.append(step)
-            continue
-        if not close():
-            return None
-        if step.rule.selective():
-            if step.rule.ctx.input_size > SELECT_LIMIT:
-                return None  # (no affine map below bounds it: the Jacobian would be too wide)
-            ops.append(_Select(step.rule, step.rule.ctx.input_size))
-            continue
-        if not step.rule.differentiable():
-            return None
-        ops.append(_Activation(step.rule))
-    if not close():
-        return None
-    for i, op in enumerate(ops):
-        if isinstance(op, _Select) or (
-            isinstance(op, _Activation) and op.rule.smooth_inverse() is None
-        ):
-            # A piecewise-linear activation (ReLU) has slope 0 where it is off, a max pool
-            # for every entry below its window's maximum: Newton can only move those through a
-            # layer above that mixes them with others. Without one, the exact pointwise
-            # preimage (the greedy pass) is the better route.
-            after = next((o for o in ops[i + 1 :] if not isinstance(o, _Select)), None)
-            if not isinstance(after, _Affine) or _permutation(after.M):
-                return None
-    return ops, top
 
 
 def _scatter(g: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
@@ -196,11 +95,6 @@ def _scatter(g: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
     cols = np.repeat(idx, k, axis=0).ravel()
     np.add.at(out, (rows, cols), g.reshape(-1))
     return out.reshape(b, k, n)
-
-
-def _permutation(M: np.ndarray) -> bool:
-    """Whether ``M`` only rearranges values (one 1 per row, zeros elsewhere)."""
-    return bool(((M == 0) | (M == 1)).all() and (M.sum(1) == 1).all())
 
 
 class ChainSolver:
@@ -219,6 +113,8 @@ class ChainSolver:
         region=None,
     ):
         self.ops, self.top, self.n = ops, top, n
+        # Single-precision copies of the affine maps, for the Jacobian sweep (see jacobian).
+        self._low = [op.M.astype(JACOBIAN_DTYPE) if isinstance(op, Affine) else None for op in ops]
         self.bounds, self.settings, self.deadline = bounds, settings, deadline
         # check(z) -> per-sample error of top values in the user's check space, and the level
         # (half the tolerance) at which a sample is accepted before round-off exactness.
@@ -231,8 +127,8 @@ class ChainSolver:
         # Smooth activations only (no ReLU kinks, no max pools' selections): where slopes
         # averaged over a batch give a Jacobian close to each sample's.
         self._smooth = all(
-            isinstance(op, _Affine)
-            or (isinstance(op, _Activation) and op.rule.smooth_inverse() is not None)
+            isinstance(op, Affine)
+            or (isinstance(op, Activation) and op.rule.smooth_inverse() is not None)
             for op in ops
         )
         # Per box strategy (True: affine scaling, False: active set), on fresh anchors:
@@ -244,11 +140,11 @@ class ChainSolver:
         """Top values (B, m) and the activations' slopes at ``x`` (B, n), from the input up."""
         h, slopes = x, []
         for op in self.ops:
-            if isinstance(op, _Affine):
+            if isinstance(op, Affine):
                 h = h @ op.M.T + op.c
                 continue
             with np.errstate(all="ignore"):
-                if isinstance(op, _Select):
+                if isinstance(op, Select):
                     h, slope = op.rule.forward_with_selection(h)  # (the selected indices)
                 else:
                     h, slope = op.rule.forward_with_slope(h)
@@ -267,13 +163,13 @@ class ChainSolver:
         b = len(slopes[0]) if slopes else 1
         g = None  # (b, k, width), once a slope has made the rows differ per sample
         d = len(slopes)
-        for op in reversed(self.ops):
-            if isinstance(op, _Affine):
+        for op, low in zip(reversed(self.ops), reversed(self._low), strict=True):
+            if isinstance(op, Affine):
                 if g is None:
                     rows = rows @ op.M
                 else:
-                    g = (g.reshape(-1, g.shape[2]) @ op.low).reshape(b, len(rows), -1)
-            elif isinstance(op, _Select):
+                    g = (g.reshape(-1, g.shape[2]) @ low).reshape(b, len(rows), -1)
+            elif isinstance(op, Select):
                 d -= 1
                 g = np.broadcast_to(rows, (b, *rows.shape)) if g is None else g
                 g = _scatter(g, slopes[d], op.n_in)
@@ -297,7 +193,7 @@ class ChainSolver:
         """The region's rows on the top values: (D (q, m), slack (q,), loose (q,)), or None.
 
         ``D z`` are logit differences against the likeliest class; a loose row (a probability
-        far below the tolerance, :meth:`~onnxinv.exact.program.TopRegion.for_objective`) only
+        far below the tolerance, :meth:`~onnxinv.objective.TopRegion.for_objective`) only
         needs ``D z − D v0 ≤ slack`` (its cap), the others stay equalities. None when no class
         is loose, or the top is not one softmax followed by rearrangements of its values.
         """
@@ -339,7 +235,7 @@ class ChainSolver:
     def solve(self, fam: Family, rng) -> tuple[np.ndarray, np.ndarray]:
         """One input per row of ``fam`` (the request at the chain's top): (x, exact flags)."""
         s = self.settings
-        fam = self.top_family(fam, rng, s.std)
+        fam = self.top_family(fam, rng, s.null_scale)
         if self.bounds is None and self._particular is None:
             # The particular solution: Newton from the zero input (minimum-norm steps).
             x0, ok0 = self._attempt(Family(fam.v0[:1], fam.V), np.zeros((1, self.n)))
@@ -416,7 +312,7 @@ class ChainSolver:
         g /= np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-300)
         top = float(np.abs(p).max())
         size = top * float(np.linalg.norm(p / top)) if top > 0 else 0.0  # no overflow
-        return p + self.settings.std * max(size, 1e-12) * g
+        return p + self.settings.null_scale * max(size, 1e-12) * g
 
     def _attempt(
         self, fam: Family, x: np.ndarray, scaled: bool = False
@@ -536,7 +432,7 @@ class ChainSolver:
 
     def _accepted(self, norm: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Exact at round-off (and, where the user's check is known, inside its tolerance)."""
-        ok = norm <= EXACT
+        ok = norm <= ROUNDOFF
         if self.check is not None:
             with np.errstate(all="ignore"):
                 ok &= self.check(z) <= 2 * self.tol

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import MemoryBudgetError
+from ...errors import MemoryBudgetError
 from ..residual import DeadlineReached, Residual
 
 LAMBDA_MIN = 1e-12

@@ -7,9 +7,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..errors import MemoryBudgetError
-from ..verify import Verification
-from .base import ModelProblem, Outcome, Solver
+from ...errors import MemoryBudgetError
+from ...verify import Verification
+from ..base import ModelProblem, Solver, SolverOutcome
 from .lm import LMOutcome, LMSettings, levenberg_marquardt
 
 
@@ -53,7 +53,7 @@ class ForwardSolver(Solver):
         except MemoryBudgetError as exc:
             raise MemoryBudgetError(f"{exc}, for LM on {p.name}") from None
 
-    def solve(self, k, rng, x0=None, on_progress=None) -> Outcome:
+    def solve(self, k, rng, x0=None, on_progress=None) -> SolverOutcome:
         """``k`` samples in chunks of ``chunk_size`` (memory: one chunk's Jacobians at once).
 
         With ``x0``, each sample starts there and is not restarted (a polish); otherwise from
@@ -66,7 +66,7 @@ class ForwardSolver(Solver):
             n = min(size, k - first)
             if self.problem.expired():
                 x = starts(n) if x0 is None else torch.from_numpy(x0[first : first + n])
-                parts.append(Outcome.unsolved(x.numpy(), self.name))
+                parts.append(SolverOutcome.unsolved(x.numpy(), self.name))
                 continue
             if x0 is None:
                 out = self.solve_chunk(n, starts, on_progress=on_progress)
@@ -76,7 +76,7 @@ class ForwardSolver(Solver):
             if self.problem.settings.tv > 0 and not out.timed_out:
                 out.x = self._smooth(out)
             parts.append(
-                Outcome(
+                SolverOutcome(
                     out.x.numpy(),
                     out.residual.numpy(),
                     out.iterations.numpy(),
@@ -88,11 +88,11 @@ class ForwardSolver(Solver):
 
     def _smooth(self, out: LMOutcome) -> torch.Tensor:
         """``--tv``: solved samples smoothed inside the preimage set (image inputs only)."""
-        from .smooth import image_shape, smooth
+        from .tv import grid_shape, smooth
 
         if not isinstance(self.problem, ModelProblem):
             return out.x  # (a block's input is no image)
-        hw = image_shape(tuple(self.problem.loaded.input_shape), self.problem.n)
+        hw = grid_shape(tuple(self.problem.loaded.input_shape), self.problem.n)
         if hw is None:
             note = "--tv ignored: the input is not an image (no two spatial axes, not square)"
             if note not in self.problem.notes:
@@ -101,13 +101,13 @@ class ForwardSolver(Solver):
         return smooth(self.problem, out.x, out.converged, self.problem.settings.tv, hw)
 
 
-def concatenate(parts: list[Outcome]) -> Outcome:
+def concatenate(parts: list[SolverOutcome]) -> SolverOutcome:
     """One outcome from several, in order (with their onnxruntime checks when all have one)."""
     parts = [p for p in parts if len(p.x)] or parts[:1]
     if len(parts) == 1:
         return parts[0]
     checks = [p.verification for p in parts]
-    return Outcome(
+    return SolverOutcome(
         np.concatenate([p.x for p in parts]),
         np.concatenate([p.error for p in parts]),
         np.concatenate([p.iterations for p in parts]),

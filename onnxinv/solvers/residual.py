@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .objective import Objective
+from ..objective import Objective
 
 
 class DeadlineReached(Exception):  # noqa: N818 - a signal, not an error
@@ -192,8 +192,8 @@ def _check(deadline: float | None) -> None:
 
 def convert_or_note(onnx_model) -> tuple[torch.nn.Module | None, str | None]:
     """The model converted for autograd, or None and a note that Jacobians use differences."""
-    from .convert import to_torch
-    from .errors import ConversionError
+    from ..convert import to_torch
+    from ..errors import ConversionError
 
     try:
         return to_torch(onnx_model), None

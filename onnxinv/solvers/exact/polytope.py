@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..solvers.chain import _Affine, _Select
+from ...partition.chain import Affine, Select
 from .program import pieces
 
 STEPS = 40  # hit-and-run steps per sample
@@ -33,11 +33,11 @@ def pattern_polytope(
     A, a = np.eye(n), np.zeros(n)
     P, q = [np.zeros((0, n))], [np.zeros(0)]
     for op in ops:
-        if isinstance(op, _Affine):
+        if isinstance(op, Affine):
             A, a = op.M @ A, op.M @ a + op.c
             continue
         z = A @ x + a
-        if isinstance(op, _Select):
+        if isinstance(op, Select):
             W = op.rule.windows()
             vals = np.where(W >= 0, z[np.maximum(W, 0)], -np.inf)
             pick = W[np.arange(len(W)), vals.argmax(1)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .errors import OptionError, RuntimeMissingError
+from ..errors import OptionError, RuntimeMissingError
 
 try:
     import onnxruntime as ort

@@ -2,7 +2,7 @@
 
 A chain of affine maps, piecewise-linear activations (ReLU, LeakyReLU, PReLU, Clip, HardSigmoid,
 Abs, Max/Min with constants) and max pools maps the input box onto a union of polyhedra, one
-per activation pattern. :class:`Exact` writes the chain as one mixed-integer linear program
+per activation pattern. :class:`ExactAnalysis` writes the chain as one mixed-integer linear program
 (:mod:`.program`, solved by scipy's ``milp``, i.e. HiGHS) and
 
 * **decides** the target: infeasible with the conditions every output within the tolerance
@@ -22,13 +22,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import OptionError
-from ..solvers.chain import _Activation, _Affine
+from ...errors import OptionError
+from ...objective import TopRegion
+from ...partition.chain import Activation, Affine
 from . import branch
 from .polytope import centre, hit_and_run, nearest, null_space, pattern_polytope
-from .program import TopRegion, tightened
+from .program import tightened
 
-__all__ = ["Decision", "Exact", "exact_for", "exact_of"]
+CACHE_KEY = "exact"  # where a run's ModelProblem.shared keeps the analysis (or why none applies)
+
+__all__ = ["Decision", "ExactAnalysis", "analysis_for", "analysis_of"]
 
 MAX_VALUES = 20_000  # affine outputs a chain may have for the program to be written
 TIGHTEN = 0.25  # share of --milp-time-limit spent tightening bounds by linear programs
@@ -55,18 +58,14 @@ class NotPiecewise(OptionError):
 def first_smooth(ops: list) -> str | None:
     """The op type of the chain's first activation that is not piecewise linear, or None."""
     return next(
-        (
-            o.rule.op_type
-            for o in ops
-            if isinstance(o, _Activation) and o.rule.breakpoints() is None
-        ),
+        (o.rule.op_type for o in ops if isinstance(o, Activation) and o.rule.breakpoints() is None),
         None,
     )
 
 
 def piecewise_chain(problem) -> tuple[list, TopRegion]:
     """The problem's chain and top region, or :class:`NotPiecewise` naming why not."""
-    from ..certify import proof_chain
+    from .certificate import proof_chain
 
     if problem.bounds is None:
         raise NotPiecewise("the exact solver needs --bounds (a box for the input)")
@@ -77,7 +76,7 @@ def piecewise_chain(problem) -> tuple[list, TopRegion]:
             "under a Softmax, LogSoftmax or the logits (see `onnxinv inspect`)"
         )
     ops = found
-    width = sum(op.M.shape[0] for op in ops if isinstance(op, _Affine))
+    width = sum(op.M.shape[0] for op in ops if isinstance(op, Affine))
     if width > MAX_VALUES:
         raise NotPiecewise(f"the chain has {width} values, more than the exact solver writes")
     smooth = first_smooth(ops)
@@ -89,34 +88,34 @@ def piecewise_chain(problem) -> tuple[list, TopRegion]:
     return ops, region
 
 
-def exact_of(problem) -> Exact:
-    """The problem's :class:`Exact` analysis, built once; :class:`NotPiecewise` (also
+def analysis_of(problem) -> ExactAnalysis:
+    """The problem's :class:`ExactAnalysis`, built once; :class:`NotPiecewise` (also
     remembered) where it does not apply."""
-    cache = problem.__dict__
-    if "_exact" not in cache:
+    cache = problem.shared
+    if CACHE_KEY not in cache:
         try:
-            cache["_exact"] = Exact(problem)
+            cache[CACHE_KEY] = ExactAnalysis(problem)
         except NotPiecewise as exc:
-            cache["_exact"] = exc
-    if isinstance(cache["_exact"], NotPiecewise):
-        raise cache["_exact"]
-    return cache["_exact"]
+            cache[CACHE_KEY] = exc
+    if isinstance(cache[CACHE_KEY], NotPiecewise):
+        raise cache[CACHE_KEY]
+    return cache[CACHE_KEY]
 
 
-def exact_for(problem) -> Exact | None:
-    """:func:`exact_of`, or None where it does not apply or cannot be written (the decision is
+def analysis_for(problem) -> ExactAnalysis | None:
+    """:func:`analysis_of`, or None where it does not apply or cannot be written (the decision is
     an optional extra: a chain it fails on is a note, never a reason for the run to fail)."""
     try:
-        return exact_of(problem)
+        return analysis_of(problem)
     except NotPiecewise:
         return None
     except (ValueError, ArithmeticError, MemoryError) as exc:
-        problem.__dict__["_exact"] = NotPiecewise(str(exc))
+        problem.shared[CACHE_KEY] = NotPiecewise(str(exc))
         problem.notes.append(f"the exact solver could not write this chain ({exc})")
         return None
 
 
-class Exact:
+class ExactAnalysis:
     """One model's chain as a program, with the decision and the samplers built on it."""
 
     def __init__(self, problem):
@@ -139,7 +138,7 @@ class Exact:
             limit = min(limit, self.problem.deadline - time.monotonic())
         return limit
 
-    def _size(self) -> str:
+    def size(self) -> str:
         p = self.program
         return f"{p.unstable} undecided activations, {p.binaries} binaries"
 
@@ -155,7 +154,7 @@ class Exact:
             return self.decision
         lo, hi = self.problem.bounds
         box = f"[{lo:g}, {hi:g}]"
-        program = f"the mixed-integer program over every activation pattern (HiGHS; {self._size()})"
+        program = f"the mixed-integer program over every activation pattern (HiGHS; {self.size()})"
         how = program
         search = branch.Search(*self._chain()) if branch.applies(self.ops) else None
         share = FIRST * self.problem.settings.milp_time_limit if search else np.inf

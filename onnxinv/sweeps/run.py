@@ -2,7 +2,7 @@
 
 Each pair is one task: :func:`run_pair` inverts a model for ``{"class": k, "confidence": c}``
 and *returns* the result (arrays and report); it writes nothing. The driver (:func:`sweep`)
-writes each pair's shard ``OUT/<model>/class_<k>/`` with :func:`onnxinv.output.save` (a
+writes each pair's shard ``OUT/<model>/class_<k>/`` with :func:`onnxinv.write.folder.save` (a
 temporary folder renamed into place) as results come in, so an interrupted sweep keeps every
 finished pair, a rerun skips them, and Ray workers need no shared filesystem. At the end it
 writes ``summary.json``, ``summary.md`` and ``figure.png`` from all the sweep's shards.
@@ -36,14 +36,15 @@ from typing import Any
 
 import numpy as np
 
-from . import model as model_mod
-from .errors import OnnxInvError, OptionError, OutputExistsError, TargetError
-from .errors import UnreachableTargetError as Unreachable
-from .output import check_destination, save
-from .repair import first_line
-from .result import InversionResult
-from .settings import Settings, positive_int
-from .target import DEFAULT_TOLERANCE, Target
+from ..errors import OnnxInvError, OptionError, OutputExistsError, TargetError
+from ..errors import UnreachableTargetError as Unreachable
+from ..load import model as model_mod
+from ..load.repair import first_line
+from ..result import InversionResult
+from ..settings import Settings, positive_int
+from ..solvers.registry import check_method
+from ..target import DEFAULT_TOLERANCE, Target
+from ..write.folder import check_destination, save
 
 RETRIES = 1  # extra attempts a failed task gets (Ray's max_retries, a re-submission locally)
 MARKER = "sweep.json"  # what makes a folder a sweep's: written before the first shard
@@ -106,7 +107,7 @@ def run_pair(
     An unreachable or not-reached target is returned as a result with no verified sample;
     every other error is raised (the caller retries the task once).
     """
-    from .api import invert
+    from ..api import invert
 
     t0 = time.perf_counter()
     source = model if model is not None else pair.path
@@ -137,7 +138,7 @@ def run_pair(
 
 def _nothing(source: str | bytes, pair: Pair) -> InversionResult:
     """An empty result (no samples) for a target proven unreachable before any was solved."""
-    from .api import model_facts
+    from ..api import model_facts
 
     s = pair.settings
     loaded = model_mod.load(
@@ -353,6 +354,7 @@ def sweep(
     if samples is not None:
         options["samples"] = samples
     s = Settings.create(settings, **options)
+    check_method(s.method)
     if workers is not None:
         workers = positive_int("workers", workers)
     pairs, models_info = _plan(models, classes, confidence, tolerance, s)
@@ -522,7 +524,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def _write_figure(out: Path, pairs: list[Pair], summary: SweepSummary) -> Path | None:
     """figure.png: rows models, columns classes, each cell the pair's first verified sample."""
-    from .figure import Cell, figure
+    from ..write.figure import Cell, figure
 
     models = list(dict.fromkeys(p.model for p in pairs))
     classes = sorted({p.cls for p in pairs})
@@ -537,7 +539,7 @@ def _write_figure(out: Path, pairs: list[Pair], summary: SweepSummary) -> Path |
 
 
 def _cell(out: Path, row: SweepRow):
-    from .figure import Cell
+    from ..write.figure import Cell
 
     if row.shard is None or not row.verified:
         return Cell(
@@ -592,12 +594,12 @@ def _limit_threads(threads: int) -> None:
     Torch is limited now if it is loaded, else through OMP_NUM_THREADS when it loads (not
     importing it here spares the workers that never need it its loading time).
     """
-    from . import _ort
+    from ..load import runtime
 
     os.environ.update({name: str(threads) for name in _THREAD_VARIABLES})
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
-    _ort.INTRA_OP_THREADS = threads
+    runtime.INTRA_OP_THREADS = threads
 
 
 def _init_worker(threads: int, events) -> None:

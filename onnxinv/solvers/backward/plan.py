@@ -2,7 +2,7 @@
 
 From the output down, the request is an affine family (a point, or ``log p + c`` for a
 distribution). Invertible blocks pull it back rule by rule, choosing points at nonlinearities
-(:mod:`onnxinv.solvers.collapse`). An opaque block, or the part of an invertible block below an
+(:mod:`onnxinv.solvers.backward.collapse`). An opaque block, or the part of an invertible block below an
 affine step that is not onto (an expanding layer, which cannot be inverted exactly), is solved by
 Levenberg–Marquardt on that sub-model alone, with the family above it as target: the residual is
 the request's error outside the family's free directions, so a softmax constant or a null space
@@ -21,15 +21,15 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from . import _ort
-from .errors import MemoryBudgetError
-from .graph import Block
-from .model import _extract
-from .objective import Objective, _softmax
-from .rules.base import Family, OutsideDomain
-from .rules.linalg import DENSE_LIMIT, null_basis
-from .solvers.base import ModelProblem, Problem, Starts
-from .solvers.collapse import MARGIN, box, collapse, interval_bounds, joint_collapse
+from ...errors import MemoryBudgetError
+from ...load import runtime
+from ...load.model import extract
+from ...objective import Objective, softmax
+from ...partition.blocks import Block
+from ...rules.base import Family, OutsideDomain
+from ...rules.linalg import DENSE_LIMIT, null_basis
+from ..base import ModelProblem, Problem, Starts
+from .collapse import MARGIN, box, collapse, interval_bounds, joint_collapse
 
 EXACT_RESIDUAL = 1e-6  # a family farther than this from the rules' range is not exact
 SOLVE_TOLERANCE = 1e-7  # max |residual| an intermediate LM solve aims for
@@ -72,11 +72,12 @@ class FamilyObjective:
 
 
 @dataclass
-class PlanOutcome:
-    """Flat inputs (B, n), whether each came out of the plan exactly, and its LM iterations."""
+class BackwardOutcome:
+    """Flat inputs (B, n), whether each met the request exactly on the way down (``solved``;
+    the onnxruntime check judges the others), and its LM iterations."""
 
     x: np.ndarray
-    exact: np.ndarray
+    solved: np.ndarray
     iterations: np.ndarray | None = None
 
 
@@ -93,7 +94,7 @@ def initial_family(objective: Objective, b: int) -> Family:
     return Family.point(np.repeat(t, b, 0))
 
 
-class Plan:
+class BackwardPass:
     """An executable plan for one whole-model problem (rules' SVDs cached between runs)."""
 
     def __init__(self, problem: ModelProblem):
@@ -124,7 +125,7 @@ class Plan:
 
     def _chain_solver(self):
         """The joint, batched backward pass for the first block, where it applies."""
-        from .solvers.chain import ChainSolver
+        from .newton import ChainSolver
 
         found = self.problem.chain
         if found is None:
@@ -139,7 +140,7 @@ class Plan:
         region = None
         if whole and self._logit_top(tops):
             # Classes far below the tolerance need only stay small, not match log p exactly.
-            from .exact.program import TopRegion
+            from ...objective import TopRegion
 
             region = TopRegion.for_objective(self.objective)
         return ChainSolver(
@@ -162,7 +163,7 @@ class Plan:
             return None if tops else (lambda z: np.abs(z - target).max(1))
 
         if self._logit_top(tops):
-            return lambda z: np.abs(_softmax(z) - target).max(1)
+            return lambda z: np.abs(softmax(z) - target).max(1)
         if not tops and obj.output_space == "probabilities":
             return lambda z: np.abs(z - target).max(1)
         return None
@@ -214,7 +215,7 @@ class Plan:
 
     # -- backward through one invertible block ------------------------------------------------
     def _backward(self, block: Block, fam: Family, rng, exact):
-        mc, std = self.settings.max_condition, self.settings.std
+        mc, std = self.settings.max_condition, self.settings.null_scale
         split = self._splits.get(id(block))
         if split == block.output:
             return None, (block.output, fam)
@@ -267,8 +268,8 @@ class Plan:
 
     # -- LM on a sub-model ------------------------------------------------------------------------
     def _solve(self, src: str, dst: str, fam: Family, rng, exact, iterations) -> Family:
-        from .residual import convert_or_note, make_residual
-        from .solvers.forward import ForwardSolver
+        from ..forward.solver import ForwardSolver
+        from ..residual import convert_or_note, make_residual
 
         self.used_lm = True
         b = len(fam.v0)
@@ -350,7 +351,7 @@ class Plan:
         """The graph from tensor ``src`` to tensor ``dst`` (cached: extraction infers shapes)."""
         if (src, dst) not in self._submodels:
             whole = src == self.part.input and dst == self.part.output
-            sub = self.part.model if whole else _extract(self.part.model, src, dst, False)
+            sub = self.part.model if whole else extract(self.part.model, src, dst, False)
             self._submodels[(src, dst)] = sub
         return self._submodels[(src, dst)]
 
@@ -361,7 +362,7 @@ class Plan:
         """
         if (src, dst) not in self._runners:
             sub = self._submodel(src, dst)
-            sess = _ort.session(sub.SerializeToString(), self.settings.device)
+            sess = runtime.session(sub.SerializeToString(), self.settings.device)
             name, dtype = sub.graph.input[0].name, self.loaded.input_dtype
             sample = self.part.shapes[src]
 
@@ -390,7 +391,7 @@ class Plan:
         return True
 
     # -- the whole plan ---------------------------------------------------------------------------
-    def run(self, b: int, rng: np.random.Generator) -> PlanOutcome:
+    def run(self, b: int, rng: np.random.Generator) -> BackwardOutcome:
         iterations = np.zeros(b, dtype=np.int64)  # (LM's, per sample)
         out = self._run(b, rng, iterations)
         out.iterations = iterations
@@ -402,7 +403,7 @@ class Plan:
         parallel threads."""
         return self._chain is not None and len(self.part.blocks) == 1
 
-    def _run(self, b: int, rng: np.random.Generator, iterations: np.ndarray) -> PlanOutcome:
+    def _run(self, b: int, rng: np.random.Generator, iterations: np.ndarray) -> BackwardOutcome:
         fam = initial_family(self.objective, b)
         exact = np.ones(b, dtype=bool)
         n = self.sizes[self.part.input]
@@ -410,11 +411,11 @@ class Plan:
             if self._expired():
                 # Out of time: skip the blocks left; random inputs, flagged, as forward would.
                 x = Starts(n, rng, self.bounds, self.settings.init_std)(b).numpy()
-                return PlanOutcome(x, np.zeros(b, dtype=bool))
+                return BackwardOutcome(x, np.zeros(b, dtype=bool))
             if block is self.part.blocks[0] and self._chain is not None:
                 x, ok = self._chain.solve(fam, rng)
                 exact &= ok & (fam.residual <= EXACT_RESIDUAL)
-                return PlanOutcome(x, exact)
+                return BackwardOutcome(x, exact)
             if block.kind == "invertible":
                 below, split = self._backward(block, fam, rng, exact)
                 if split is None:
@@ -431,6 +432,6 @@ class Plan:
                 break
             fam = self._solve(block.input, dst, fam, rng, exact, iterations)
         lo, hi = (np.full(n, v) for v in self.bounds) if self.bounds else box(None, n, 0.0)
-        x, ok = collapse(fam, lo, hi, rng, self.settings.std, self.deadline)
+        x, ok = collapse(fam, lo, hi, rng, self.settings.null_scale, self.deadline)
         exact &= ok & (fam.residual <= EXACT_RESIDUAL)
-        return PlanOutcome(x, exact)
+        return BackwardOutcome(x, exact)

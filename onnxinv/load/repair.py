@@ -19,8 +19,8 @@ import re
 
 import onnx
 
-from . import _ort
-from .errors import ModelError
+from ..errors import ModelError
+from . import runtime
 
 #: Opsets tried, in order, when onnxruntime has no kernel for an old operator version.
 UPGRADE_OPSETS = (13, 17, 11, 21)
@@ -124,7 +124,7 @@ def check(model: onnx.ModelProto, name: str) -> list[str]:
     except Exception as exc:
         complaint = first_line(exc)
         try:
-            _ort.session(model.SerializeToString())
+            runtime.session(model.SerializeToString())
         except Exception as ort_exc:
             raise ModelError(
                 f"model {name!r} fails the ONNX checker: {complaint} (onnxruntime cannot load "
@@ -145,7 +145,7 @@ def runnable(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
             names the operator and its version when onnxruntime does.
     """
     try:
-        _ort.session(model.SerializeToString())
+        runtime.session(model.SerializeToString())
         return model, []
     except Exception as exc:
         reason = first_line(exc)
@@ -160,7 +160,7 @@ def runnable(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
             continue
         try:
             upgraded = onnx.version_converter.convert_version(model, target)
-            _ort.session(upgraded.SerializeToString())
+            runtime.session(upgraded.SerializeToString())
         except Exception as exc:
             last = first_line(exc)
             continue

@@ -18,7 +18,7 @@ EPS = 1e-6
 DAMP = 1e-9  # relative ridge on J Jᵀ
 
 
-def image_shape(input_shape: tuple[int, ...], n: int) -> tuple[int, int] | None:
+def grid_shape(input_shape: tuple[int, ...], n: int) -> tuple[int, int] | None:
     """(H, W) of the image the input holds, or None (not an image)."""
     if len(input_shape) >= 2 and input_shape[-1] > 1 and input_shape[-2] > 1:
         return int(input_shape[-2]), int(input_shape[-1])

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..solvers.chain import _Activation, _Affine
-from .program import TopRegion, _widen, pieces
+from ...objective import TopRegion
+from ...partition.chain import Activation, Affine
+from .program import pieces, widen
 
 GRAPH = 1e-7  # distance from an activation's graph under which a solution value sits on it
 
@@ -54,14 +55,13 @@ def _highs():
 def applies(ops: list) -> bool:
     """Whether the chain has only affine maps and elementwise piecewise-linear activations."""
     return all(
-        isinstance(op, _Affine)
-        or (isinstance(op, _Activation) and op.rule.breakpoints() is not None)
+        isinstance(op, Affine) or (isinstance(op, Activation) and op.rule.breakpoints() is not None)
         for op in ops
     )
 
 
 @dataclass
-class Outcome:
+class SearchOutcome:
     """``status``: ``"infeasible"`` (search complete), ``"feasible"`` (``x`` a witness) or
     ``"unknown (time limit)"``; ``nodes`` linear programs solved."""
 
@@ -108,7 +108,7 @@ class _Graph:
     def range(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The least and largest value of the graph on ``[lo, hi]`` (at its corners)."""
         _, f = self.points(lo, hi)
-        return _widen(f.min(1), f.max(1))
+        return widen(f.min(1), f.max(1))
 
     def bracket(self, lo: np.ndarray, hi: np.ndarray):
         """One line below and one above the graph on ``[lo, hi]``: (slope, intercept) of each,
@@ -147,7 +147,7 @@ class Search:
     def __init__(self, ops: list, n: int, bounds, region: TopRegion):
         self.ops, self.n, self.region = ops, n, region
         self.box = (float(bounds[0]), float(bounds[1]))
-        self.acts = [i for i, op in enumerate(ops) if isinstance(op, _Activation)]
+        self.acts = [i for i, op in enumerate(ops) if isinstance(op, Activation)]
         self.graph = {i: _Graph(ops[i].rule, ops[i - 1].M.shape[0]) for i in self.acts}
         self.sign = {i: self.graph[i].sign for i in self.acts}
         # Outgoing weight of each activation value: how much its relaxation moves the top.
@@ -168,7 +168,7 @@ class Search:
         prev = np.arange(self.n)
         self.inp: list[np.ndarray] = []
         for op in self.ops:
-            m = op.M.shape[0] if isinstance(op, _Affine) else len(prev)
+            m = op.M.shape[0] if isinstance(op, Affine) else len(prev)
             self.inp.append(prev)
             prev = np.arange(col, col + m)
             self.out.append(prev)
@@ -177,7 +177,7 @@ class Search:
         r, c, v, lb, ub = [], [], [], [], []
         row = 0
         for i, op in enumerate(self.ops):
-            if not isinstance(op, _Affine):
+            if not isinstance(op, Affine):
                 continue
             M = op.M
             m = M.shape[0]
@@ -193,7 +193,7 @@ class Search:
         r.append(row + nz[0])
         c.append(self.out[-1][nz[1]])
         v.append(D[nz])
-        lo, hi = _widen(self.region.need_lo, self.region.need_hi)
+        lo, hi = widen(self.region.need_lo, self.region.need_hi)
         lb.append(lo)
         ub.append(hi)
         row += D.shape[0]
@@ -213,7 +213,7 @@ class Search:
                 lam, const = None, 0.0
                 for j in range(i - 1, -1, -1):
                     op = self.ops[j]
-                    if isinstance(op, _Affine):
+                    if isinstance(op, Affine):
                         if lam is None:
                             lam, const = sign * op.M, sign * op.c
                         else:
@@ -224,7 +224,7 @@ class Search:
                         const = const + np.where(pos, lam * bl, lam * bu).sum(1)
                         lam = np.where(pos, lam * sl, lam * su)
                 ends.append(const + np.where(lam >= 0, lam * lo_x, lam * hi_x).sum(1))
-            lo, hi = _widen(ends[0], -ends[1])
+            lo, hi = widen(ends[0], -ends[1])
             if i in split:
                 lo, hi = np.maximum(lo, split[i][0]), np.minimum(hi, split[i][1])
             if np.any(lo > hi):
@@ -320,7 +320,7 @@ class Search:
         return i, j, float(inside[np.argmin(np.abs(inside - zj))])
 
     # -- the search --------------------------------------------------------------------------
-    def run(self, time_limit: float) -> Outcome:
+    def run(self, time_limit: float) -> SearchOutcome:
         """Depth first until no node is left (infeasible), a witness, or ``time_limit``
         seconds; a later call goes on from where this one stopped (its counts include both)."""
         t0 = time.perf_counter()
@@ -330,7 +330,7 @@ class Search:
 
         def outcome(status, x=None):
             self.seconds += time.perf_counter() - t0
-            return Outcome(status, x, self.nodes, self.seconds)
+            return SearchOutcome(status, x, self.nodes, self.seconds)
 
         while stack:
             if time.perf_counter() - t0 > time_limit:
@@ -360,4 +360,4 @@ class Search:
         return outcome("infeasible")
 
 
-__all__ = ["Outcome", "Search", "applies"]
+__all__ = ["SearchOutcome", "Search", "applies"]

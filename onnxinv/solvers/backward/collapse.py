@@ -25,7 +25,7 @@ import time
 import numpy as np
 from scipy.optimize import linprog
 
-from ..rules.base import Family, Interval
+from ...rules.base import Family, Interval
 
 T_CAP = 1e-6  # margin asked of the LP beyond the domain's own (open bounds are pre-shrunk)
 MARGIN_WEIGHT = 1e6

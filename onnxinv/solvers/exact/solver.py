@@ -1,4 +1,4 @@
-"""``exact``: piecewise-linear networks inverted as sets (see :mod:`onnxinv.exact`).
+"""``exact``: piecewise-linear networks inverted as sets (see :mod:`onnxinv.solvers.exact`).
 
 Each call finds up to ``PATTERNS`` activation patterns by mixed-integer programs with random
 objectives and spreads the samples over them by hit-and-run. When the program is infeasible
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import OptionError
-from .base import Outcome, Solver
+from ...errors import OptionError
+from ..base import Solver, SolverOutcome
 
 PATTERNS = 8  # activation patterns (programs solved) per call, at most one per sample
 
@@ -27,26 +27,28 @@ class ExactSolver(Solver):
     whole_model = True
 
     def prepare(self) -> None:
-        from ..exact import NotPiecewise, exact_of
+        from .analysis import NotPiecewise, analysis_of
 
         try:
-            self.exact = exact_of(self.problem)
+            self.analysis = analysis_of(self.problem)
         except NotPiecewise as exc:
             raise OptionError(f"method 'exact' does not apply: {exc}") from None
 
-    def solve(self, k, rng, x0=None, on_progress=None) -> Outcome:
-        if not hasattr(self, "exact"):
+    def solve(self, k, rng, x0=None, on_progress=None) -> SolverOutcome:
+        if not hasattr(self, "analysis"):
             self.prepare()
-        witnesses = self.exact.witnesses(min(k, PATTERNS), rng)
+        witnesses = self.analysis.witnesses(min(k, PATTERNS), rng)
         notes = []
         if not witnesses:
             lo, hi = self.problem.bounds
-            decision = self.exact.decide()
+            decision = self.analysis.decide()
             x = rng.uniform(lo, hi, size=(k, self.problem.n))
-            return Outcome(x, np.full(k, np.nan), np.zeros(k, dtype=np.int64),
+            return SolverOutcome(x, np.full(k, np.nan), np.zeros(k, dtype=np.int64),
                            ["exact (no input found)"] * k, notes=[decision.message])  # fmt: skip
         share = np.diff(np.linspace(0, k, len(witnesses) + 1).round().astype(int))
-        parts = [self.exact.sample(w, m, rng) for w, m in zip(witnesses, share, strict=True) if m]
+        parts = [
+            self.analysis.sample(w, m, rng) for w, m in zip(witnesses, share, strict=True) if m
+        ]
         x = np.concatenate(parts)
         how = (
             "the L1 projection of the prior onto the set"
@@ -55,12 +57,12 @@ class ExactSolver(Solver):
         )
         notes.append(
             f"exact: the program over every activation pattern is feasible (HiGHS; "
-            f"{self.exact._size()}; {self.exact.seconds:.2g} s in programs); "
+            f"{self.analysis.size()}; {self.analysis.seconds:.2g} s in programs); "
             f"{len(witnesses)} pattern(s) sampled, found as {how} (a sample of the preimage's "
             "patterns, not all of them); samples by hit-and-run on each pattern's slice of "
             "exact preimages"
         )
         if on_progress is not None:
             on_progress(k)
-        return Outcome(x, np.full(k, np.nan), np.zeros(k, dtype=np.int64), ["exact"] * k,
+        return SolverOutcome(x, np.full(k, np.nan), np.zeros(k, dtype=np.int64), ["exact"] * k,
                        notes=notes)  # fmt: skip
