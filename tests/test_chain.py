@@ -317,26 +317,28 @@ def test_every_class_target_is_solved_or_proven_unreachable_on_a_linear_net(box)
         ((0, 1), (16, 16, 0.2), (16, 16, 0.1), False),  # both reach all: the faster wins
     ],
 )
-def test_the_box_strategy_that_reaches_more_per_second_goes_first(bounds, scaled, active, want):
+def test_the_box_strategy_that_reaches_more_per_unit_of_work_goes_first(
+    bounds, scaled, active, want
+):
     from onnxinv.solvers.backward.newton import ChainSolver
 
     solver = ChainSolver([], [], 4, bounds, Settings())
     for key, rec in ((True, scaled), (False, active)):
         if rec is not None:
-            solver._record[key] += rec
-    assert solver._preferred() is want
+            solver.record_trial(key, *rec)
+    assert solver.preferred() is want
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["per-sample", "shared"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("mu", [1e-8, 1.0])
 def test_the_box_step_is_the_bounded_least_squares_step(shared, dtype, mu):
-    """``_box_step`` returns the minimiser of ``½|dx|² + |J dx + r|²/(2μ)`` over the box's
+    """``box_step`` returns the minimiser of ``½|dx|² + |J dx + r|²/(2μ)`` over the box's
     room, the one scipy's bounded least squares finds, for every sample at once; with a small
     damping and a reachable linearisation it meets ``J dx = −r``."""
     from scipy.optimize import lsq_linear
 
-    from onnxinv.solvers.backward.newton import _box_step
+    from onnxinv.solvers.backward.newton import box_step
 
     rng = np.random.default_rng(3)
     b, q, n = 6, 3, 20
@@ -347,7 +349,7 @@ def test_the_box_step_is_the_bounded_least_squares_step(shared, dtype, mu):
     r = -np.einsum("bqn,bn->bq", np.broadcast_to(J, (b, q, n)), want - x)
     A = J @ J.transpose(0, 2, 1)
     mus = np.full(b, mu)
-    dx = _box_step(J.astype(dtype), A, r, x, 0.0, 1.0, mus)
+    dx = box_step(J.astype(dtype), A, r, x, 0.0, 1.0, mus)
     assert dx.shape == (b, n) and dx.dtype == np.float64
     assert (x + dx >= 0).all() and (x + dx <= 1).all()
     tol = 1e-4 if dtype == np.float32 else 1e-8

@@ -27,7 +27,7 @@ interior Newton iteration:
 
 * the box is handled by one of two strategies, affine scaling (stay strictly inside) or
   projection: the step is the damped least-squares step restricted to the box, solved in its
-  q-dimensional dual by semismooth Newton (:func:`_box_step`), so the linearisation still
+  q-dimensional dual by semismooth Newton (:func:`box_step`), so the linearisation still
   holds where pixels sit on a bound (with loose classes, the older active set: coordinates on
   a bound that the step pushes outwards are frozen, the trial point clipped). Which one
   reaches more samples per second depends on the net and the target (a real digit's
@@ -79,7 +79,8 @@ STALL = 30  # iterations over which |r| must fall by STALL_FACTOR
 STALL_FACTOR = 0.9
 SLOW = 0.1  # |r| falling by less than this factor in a step: Newton is past its fast phase
 ACTIVE_ROUNDS = 10  # active-set rounds of a step with loose rows (see _step)
-BOX_ROUNDS = 12  # semismooth Newton rounds of a step inside the box (see _box_step)
+BOX_ROUNDS = 12  # semismooth Newton rounds of a step inside the box (see box_step)
+BOX_WORK_ROUNDS = 3  # rounds a box step is counted as in an attempt's work (typical: 2-4)
 TRIAL = 16  # samples each box strategy is tried on before the faster one goes first
 JACOBIAN_DTYPE = np.float32  # per-sample Jacobian rows (see ChainSolver.jacobian)
 SHARED_RATE = 0.3  # the batch-shared Jacobian's steps go on while they cut |r| at least this much
@@ -124,6 +125,8 @@ class ChainSolver:
         self._loose = self._loose_rows(region)
 
         self._particular: np.ndarray | None = None
+        # Multiply-adds of one sample's pass through the chain's matrices (the work unit).
+        self._flops = float(sum(op.M.size for op in ops if isinstance(op, Affine)))
         # Smooth activations only (no ReLU kinks, no max pools' selections): where slopes
         # averaged over a batch give a Jacobian close to each sample's.
         self._smooth = all(
@@ -132,7 +135,7 @@ class ChainSolver:
             for op in ops
         )
         # Per box strategy (True: affine scaling, False: active set), on fresh anchors:
-        # [samples reached, samples tried, seconds].
+        # [samples reached, samples tried, work] (see :meth:`_attempt` for the work's units).
         self._record = {True: np.zeros(3), False: np.zeros(3)}
         self._reached = {True: np.zeros(2), False: np.zeros(2)}  # every attempt: [reached, tried]
 
@@ -238,19 +241,20 @@ class ChainSolver:
         fam = self.top_family(fam, rng, s.null_scale)
         if self.bounds is None and self._particular is None:
             # The particular solution: Newton from the zero input (minimum-norm steps).
-            x0, ok0 = self._attempt(Family(fam.v0[:1], fam.V), np.zeros((1, self.n)))
+            x0, ok0, _ = self._attempt(Family(fam.v0[:1], fam.V), np.zeros((1, self.n)))
             if ok0[0]:
                 self._particular = x0[0]
         b = len(fam.v0)
         x = np.empty((b, self.n))
         done = np.zeros(b, dtype=bool)
-        prefer = self._preferred()
+        prefer = self.preferred()
         for attempt in range(1 + s.restarts):
             todo = np.flatnonzero(~done)
             if todo.size == 0 or self._expired() or (attempt >= 2 and not done.any()):
                 break  # (after both box strategies reached nothing, more anchors will not)
             anchors = self._anchors(len(todo), rng)
-            if attempt == 0 and prefer is None and len(todo) >= 2 * TRIAL:
+            trial = attempt == 0 and prefer is None and len(todo) >= 2 * TRIAL
+            if trial:
                 # Neither strategy has a record yet: each is tried on TRIAL samples, and the
                 # rest of the batch goes to the one that reached more per second.
                 t = 2 * TRIAL
@@ -263,40 +267,47 @@ class ChainSolver:
                 parts = [(todo, anchors, scaled)]
             for rows, start, scaled in parts:
                 if scaled is None:
-                    scaled = prefer = self._preferred()
+                    scaled = prefer = self.preferred()
                 if rows.size == 0:
                     continue
-                t0 = time.perf_counter()
-                xt, ok = self._attempt(Family(fam.v0[rows], fam.V), start, scaled)
-                if attempt == 0 and self.bounds is not None:
-                    self._record[scaled] += (ok.sum(), len(ok), time.perf_counter() - t0)
+                xt, ok, work = self._attempt(Family(fam.v0[rows], fam.V), start, scaled)
+                if trial and self.bounds is not None:
+                    self.record_trial(scaled, ok.sum(), len(ok), work)
                 self._reached[scaled] += (ok.sum(), len(ok))
                 keep = ok | (attempt == 0)
                 x[rows[keep]] = xt[keep]
                 done[rows] |= ok
-            prefer = self._preferred() if prefer is None else prefer
+            prefer = self.preferred() if prefer is None else prefer
         return x, done
+
+    def record_trial(self, scaled: bool, reached: int, tried: int, work: float) -> None:
+        """Add a box strategy's trial on fresh anchors: samples reached and tried, and the work
+        it took (multiply-adds, counted by :meth:`_attempt`)."""
+        self._record[scaled] += (reached, tried, work)
 
     def _useless(self, scaled: bool) -> bool:
         """Whether a box strategy has been tried on enough samples and reached none of them."""
         ok, tried = self._reached[scaled]
         return self.bounds is not None and ok == 0 and tried >= 2 * TRIAL
 
-    def _preferred(self) -> bool | None:
+    def preferred(self) -> bool | None:
         """The box strategy to start with (True: affine scaling), None until both have a record.
 
         Which one reaches more samples per second depends on the network and the target (on
         the 6-layer digits net, affine scaling reaches almost every uniform-target sample and
         almost none of a real digit's, whose pixels sit on the bounds; the active set the
-        reverse), so each run measures both on fresh anchors and starts with the faster.
+        reverse), so each run tries both on fresh anchors and starts with the one that reached
+        more samples per unit of work. Work is counted, not timed, so that the choice, and with
+        it every sample, depends on the seed alone (a clock measures whatever else the machine
+        is doing too).
         """
         if self.bounds is None:
             return True
-        ok_s, n_s, t_s = self._record[True]
-        ok_a, n_a, t_a = self._record[False]
+        ok_s, n_s, w_s = self._record[True]
+        ok_a, n_a, w_a = self._record[False]
         if n_s < TRIAL or n_a < TRIAL:
             return True if n_a >= TRIAL else (False if n_s >= TRIAL else None)
-        return bool(ok_s / max(t_s, 1e-9) > ok_a / max(t_a, 1e-9))  # ties: the active set
+        return bool(ok_s / max(w_s, 1e-9) > ok_a / max(w_a, 1e-9))  # ties: the active set
 
     def _anchors(self, k: int, rng) -> np.ndarray:
         prior = self.settings.prior
@@ -316,16 +327,21 @@ class ChainSolver:
 
     def _attempt(
         self, fam: Family, x: np.ndarray, scaled: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Newton from ``x`` towards the family; (x, exact flags).
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Newton from ``x`` towards the family; (x, exact flags, work).
 
         ``scaled``: box handled by affine scaling instead of an active set (restarts alternate
-        between the two: each rescues samples the other leaves stuck).
+        between the two: each rescues samples the other leaves stuck). ``work`` counts the
+        multiply-adds of the passes through the chain (forward and Jacobian sweeps), of the
+        ``J W Jᵀ`` products and of the box steps: what the time of an attempt is made of, as a
+        number that does not depend on the machine's load.
         """
         m = fam.v0.shape[1]
         Q, hinge = self._equations(fam.V, m)  # (m, q): the equations the family fixes
         x = x.copy()
         z, slopes = self.forward(x)
+        n, q = self.n, Q.shape[1]
+        work = len(x) * self._flops
         r = _residual(z, fam.v0, Q, hinge)
         scale = 1.0 + np.abs(fam.v0).max(1)  # |r| is measured relative to it (no overflow)
         norm = np.linalg.norm(_violation(r, hinge) / scale[:, None], axis=1)
@@ -344,8 +360,10 @@ class ChainSolver:
             if shared:
                 J = self.shared_jacobian([s_[idx] for s_ in slopes], Q.T)
                 before = float(np.median(norm[idx]))
+                work += q * self._flops
             else:
                 J = self.jacobian([s_[idx] for s_ in slopes], Q.T)  # (k, q, n)
+                work += len(idx) * q * self._flops
             w = np.ones_like(xa)
             projected = lo is not None and not scaled and hinge is None
             if lo is not None and scaled:
@@ -364,6 +382,7 @@ class ChainSolver:
             else:
                 Jw = J if projected or lo is None else J * w[:, None, :].astype(J.dtype)
                 A = (Jw @ J.transpose(0, 2, 1)).astype(np.float64)
+            work += len(idx) * q * q * n
             diag = np.trace(A, axis1=1, axis2=2) / Q.shape[1] + 1e-300
             diag = np.broadcast_to(diag, len(idx))  # (one A for all when the batch shares J)
             eye = np.eye(Q.shape[1])
@@ -378,7 +397,8 @@ class ChainSolver:
                 Jt, Jwt, At = (a if len(a) == 1 or whole else a[todo] for a in (J, Jw, A))
                 if projected:
                     # The step solves the linearisation inside the box, not clipped after.
-                    dx = _box_step(Jt, At, r[k], xa[todo], lo, hi, lam[k] * diag[todo])
+                    dx = box_step(Jt, At, r[k], xa[todo], lo, hi, lam[k] * diag[todo])
+                    work += len(todo) * q * n * (q + 2 * BOX_WORK_ROUNDS)
                 else:
                     damped = At + (lam[k] * diag[todo])[:, None, None] * eye
                     y = _step(damped, r[k], hinge)
@@ -396,6 +416,7 @@ class ChainSolver:
                 if lo is not None:
                     trial = np.clip(trial, lo, hi)
                 zt, st = self.forward(trial)
+                work += len(trial) * self._flops
                 rt = _residual(zt, fam.v0[k], Q, hinge)
                 nt = np.linalg.norm(_violation(rt, hinge) / scale[k, None], axis=1)
                 now = nt < norm[k]
@@ -428,7 +449,7 @@ class ChainSolver:
                 # target outside what the box reaches, or a dead end): give up; a restart may
                 # help.
                 alive &= norm < STALL_FACTOR * history[-1 - STALL]
-        return x, exact | self._close_enough(z)
+        return x, exact | self._close_enough(z), work
 
     def _accepted(self, norm: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Exact at round-off (and, where the user's check is known, inside its tolerance)."""
@@ -492,7 +513,7 @@ def _step(damped: np.ndarray, r: np.ndarray, hinge) -> np.ndarray:
     return y
 
 
-def _box_step(J, A, r, x, lo, hi, mu) -> np.ndarray:
+def box_step(J, A, r, x, lo, hi, mu) -> np.ndarray:
     """The damped Gauss–Newton step that stays in the box, for every sample at once.
 
     ``dx`` minimises ``½|dx|² + |J dx + r|²/(2μ)`` subject to ``lo ≤ x + dx ≤ hi``. Its dual
