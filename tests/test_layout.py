@@ -19,11 +19,11 @@ PACKAGE = Path(onnxinv.__file__).parent
 
 # The data path, first to last. A module belongs to the first entry whose prefix it has.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("errors", "schema", "budget", "plugins", "settings")),
+    ("foundation", ("errors", "schema", "budget", "plugins", "settings", "shapes")),
     ("target", ("target",)),
     ("load", ("load",)),
     ("rules and conversion", ("rules", "convert")),
-    ("objective and check", ("objective", "verify")),
+    ("objective and check", ("objective", "verify", "distinct")),
     ("partition", ("partition",)),
     ("solvers", ("solvers",)),
     ("write", ("result", "write")),
