@@ -259,6 +259,10 @@ class SolverOutcome:
                    np.zeros(k, dtype=np.int64), [path] * k, timed_out=True)  # fmt: skip
 
 
+#: The earlier name of :class:`SolverOutcome`, for solver plugins written against it.
+Outcome = SolverOutcome
+
+
 class Solver(ABC):
     """Base class of every solver (registered by ``name``; ``summary`` is one line).
 
