@@ -616,7 +616,7 @@ def test_ctrl_c_during_inversion(folders, monkeypatch, existing, overwrite):
 def test_ctrl_c_while_writing_over_a_previous_folder(folders, monkeypatch):
     inputs, work = folders
     out = _precious(work / "out")
-    monkeypatch.setattr("onnxinv.write.folder.grid_image", _interrupt)
+    monkeypatch.setattr("onnxinv.write.images.grid_image", _interrupt)
     res = invoke(
         "run", BUNDLED[1], "-t", TARGETS / "digit3.json", "-n", "2", "-o", out, "--overwrite"
     )
@@ -640,7 +640,7 @@ def test_failure_between_the_two_renames_keeps_the_old_folder(folders, monkeypat
             raise error("interrupted here")  # (later calls, if any, go through)
         return real(src, dst)
 
-    monkeypatch.setattr("onnxinv.write.folder.os.replace", replace)
+    monkeypatch.setattr("onnxinv.write.atomic.os.replace", replace)
     res = invoke(
         "run", BUNDLED[1], "-t", TARGETS / "digit3.json", "-n", "2", "-o", out, "--overwrite"
     )

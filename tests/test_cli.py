@@ -237,7 +237,7 @@ def test_failed_write_leaves_no_temporary_folder(tmp_path, monkeypatch, error, c
     def broken(*args, **kwargs):
         raise error("disk on fire")
 
-    monkeypatch.setattr("onnxinv.write.folder.grid_image", broken)
+    monkeypatch.setattr("onnxinv.write.images.grid_image", broken)
     out = tmp_path / "out"
     res = invoke("run", BUNDLED[1], "-t", TARGETS / "digit3.json", "-n", "2", "-o", out)
     assert word in assert_one_line_error(res, code)
@@ -254,7 +254,7 @@ def test_failed_overwrite_keeps_the_old_folder(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("onnxinv.write.folder.grid_image", broken)
+    monkeypatch.setattr("onnxinv.write.images.grid_image", broken)
     res = invoke(
         "run", BUNDLED[1], "-t", TARGETS / "digit3.json", "-n", "2", "-o", out, "--overwrite"
     )

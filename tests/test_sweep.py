@@ -1,6 +1,8 @@
-"""Sweeps: every (model, class) pair's shard reproduces its target in onnxruntime, the summary and
-figure agree with the shards, reruns skip finished pairs, failed tasks are retried (in a process
-pool and on a local Ray instance), and bad input is one line with nothing written.
+"""Sweeps end to end (onnxinv/sweeps/: run, task, shards): every (model, class) pair's shard
+reproduces its target in onnxruntime, the summary and figure agree with the shards, reruns skip
+finished pairs, failed tasks are retried (in this process and on a local Ray instance), and bad
+input is one line with nothing written. The runners on their own: test_sweeps_runners.py; Ray
+by address: test_sweeps_cluster.py; the summary: test_sweeps_summary.py.
 
 Ray tests come last: the module's Ray instance stays up until the module ends, and the CLI's
 bad-address test must not find this process already connected.
@@ -15,16 +17,14 @@ import sys
 
 import numpy as np
 import pytest
-import sweep_tasks
 from click.testing import CliRunner
 from helpers import BUNDLED, ort_errors
 from PIL import Image
 
 import onnxinv
-from onnxinv import Settings
 from onnxinv.cli import main
 from onnxinv.errors import OutputExistsError
-from onnxinv.sweeps.run import Pair, _run_pool, run_pair
+from onnxinv.sweeps import run_pair
 from onnxinv.write.figure import HEADER, PAD, TILE, layout
 
 M1, M2 = str(BUNDLED[1]), str(BUNDLED[2])
@@ -188,24 +188,6 @@ def test_a_pair_failing_twice_keeps_the_others(tmp_path, monkeypatch):
     assert not (out / "digits_1layer" / "class_3").exists()
     rows = json.loads((out / "summary.json").read_text())["rows"]
     assert [r["status"] for r in rows] == ["solved", "failed"]
-
-
-@pytest.mark.parametrize("task", [sweep_tasks.crash_once, sweep_tasks.raise_once])
-def test_process_pool_runs_a_failed_task_once_more(tmp_path, monkeypatch, task):
-    """A worker that dies breaks the pool: the pairs it held run again in a new one (those that
-    had not started are not charged an attempt); a task that raises is re-submitted once, and
-    one that fails twice is reported, not raised. Stand-in tasks: no solving here."""
-    monkeypatch.setenv("SWEEP_TEST_MARKERS", str(tmp_path))
-    pairs = [Pair(k, "m", M1, "", k, 0.9, 1e-4, Settings()) for k in range(4)]
-    done = {p.cls: r for p, r in _run_pool(pairs, task, workers=2, bar=None)}
-    assert sorted(done) == [0, 1, 2, 3]  # each pair once
-    if task is sweep_tasks.crash_once:
-        assert (tmp_path / "crashed-1").exists()
-        assert all(done[k][0] == k for k in range(4))
-    else:
-        assert (tmp_path / "raised-2").exists()
-        assert all(done[k][0] == k for k in range(3))
-        assert isinstance(done[3], RuntimeError) and "class 3 fails" in str(done[3])
 
 
 BAD = [

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .folder import image_shape, picture, pixels
+from .images import image_shape, picture, pixels
 
 TILE = 64  # pixels of one cell's square
 PAD = 6  # between cells and around the figure
@@ -31,7 +31,7 @@ def sample_image(sample: np.ndarray, input_shape: tuple[int, ...], bounds) -> np
     """One sample as a (C, H, W) uint8 image.
 
     Image-like shapes ([C, H, W], [H, W], a flat perfect square; see
-    :func:`onnxinv.write.folder.image_shape`) are drawn as they are, [H, W, C] with C 1 or 3 after
+    :func:`onnxinv.write.images.image_shape`) are drawn as they are, [H, W, C] with C 1 or 3 after
     moving the channels first, and anything else as one row of pixels.
     """
     x = np.asarray(sample).reshape(-1)
