@@ -21,10 +21,10 @@ from .errors import (
     OptionError,
     UnreachableTargetError,
     current_phase,
+    first_line,
     set_phase,
 )
 from .load import model as model_mod
-from .load.repair import first_line
 from .result import InversionResult
 from .settings import Settings, describe_options, parse_bounds, parse_shape
 from .solvers.base import ModelProblem, Solver, SolverOutcome

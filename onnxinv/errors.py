@@ -82,3 +82,9 @@ def set_phase(text: str) -> None:
 
 def current_phase() -> str:
     return _PHASE.get()
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type), at most 300 characters."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

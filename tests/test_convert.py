@@ -17,7 +17,6 @@ from torch import nn
 
 from onnxinv.convert import compat, to_torch
 from onnxinv.convert.compat_pad import source_index
-from onnxinv.convert.compat_pool import same_pads
 from onnxinv.convert.compat_split import chunk_sizes
 from onnxinv.errors import ConversionError, ModelError
 from onnxinv.load.runtime import session
@@ -762,22 +761,6 @@ def test_conv_transpose_pads(attrs: dict) -> None:
     converts_and_matches(
         spatial_model("ConvTranspose", 22, 2, inits, kernel_shape=[3, 3], **attrs), 2
     )
-
-
-@pytest.mark.parametrize(
-    ("size", "kernel", "stride", "upper", "lower"),
-    [
-        (7, 3, 2, (1, 1), (1, 1)),
-        (6, 2, 2, (0, 0), (0, 0)),
-        (7, 2, 1, (0, 1), (1, 0)),
-        (5, 4, 2, (1, 2), (2, 1)),
-    ],
-)
-def test_same_pads(size, kernel, stride, upper, lower) -> None:
-    for auto_pad, expected in (("SAME_UPPER", upper), ("SAME_LOWER", lower)):
-        begin, end = same_pads([size], [kernel], [stride], [1], auto_pad)
-        assert (begin[0], end[0]) == expected
-        assert (size + begin[0] + end[0] - kernel) // stride + 1 == -(-size // stride)
 
 
 @pytest.mark.parametrize("opset", [13, 22])

@@ -182,6 +182,22 @@ def test_no_private_name_crosses_a_module():
     assert not private, "\n".join(private)
 
 
+def test_tests_use_public_names_only():
+    """A test imports what a user or plugin author could import: no ``_private`` name."""
+    found = []
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        for node in _imports(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom) or not (node.module or "").startswith(
+                "onnxinv"
+            ):
+                continue
+            hidden = [a.name for a in node.names if a.name.startswith("_")]
+            hidden += [p for p in node.module.split(".") if p.startswith("_")]
+            if hidden:
+                found.append(f"{path.name}:{node.lineno} imports {', '.join(hidden)}")
+    assert not found, "\n".join(found)
+
+
 def test_every_module_belongs_to_a_layer():
     assert _layer("onnxinv.solvers.backward.plan") == _layer("onnxinv.solvers")
     with pytest.raises(AssertionError, match="no layer"):

@@ -571,7 +571,7 @@ def test_batchnorm_on_a_whole_fixed_tensor():
     ],
 )
 def test_grid_ignores_a_fixed_batch_of_one(shape, image):
-    from onnxinv.write.folder import image_shape
+    from onnxinv.write.images import image_shape
 
     assert image_shape(shape) == image
 

@@ -289,7 +289,7 @@ def test_plugin_sees_the_registry_through_its_proxy(monkeypatch):
 
 
 def test_default_registry_is_cached_per_disabled_set(monkeypatch):
-    monkeypatch.setattr(registry_mod, "_DEFAULT", {})
+    monkeypatch.setattr(registry_mod.RULE_PLUGINS, "defaults", {})
     fake_eps(monkeypatch, FakeEntryPoint("neg", register_neg))
     a = default_registry()
     assert default_registry() is a

@@ -37,6 +37,7 @@ from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OnnxMapping, OperationConverterResult
 from torch import nn
 
+from ..shapes import Pads, effective_kernel, same_pads, split_padding
 from . import registry
 
 #: op_type -> newest since_version reviewed (22 only adds bfloat16 to each of them).
@@ -57,37 +58,7 @@ _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
-Pads = tuple[list[int], list[int]]
-
-
 # ------------------------------------------------------------------------------------- padding
-
-
-def effective_kernel(kernel: Sequence[int], dilations: Sequence[int]) -> list[int]:
-    """The extent of each dilated kernel axis: ``(k - 1) * d + 1``."""
-    return [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
-
-
-def same_pads(
-    sizes: Sequence[int],
-    kernel: Sequence[int],
-    strides: Sequence[int],
-    dilations: Sequence[int],
-    auto_pad: str,
-) -> Pads:
-    """Begin and end pads of ``SAME_UPPER``/``SAME_LOWER``: output size ``ceil(in / stride)``.
-
-    The odd unit of a total padding goes at the end for SAME_UPPER, at the beginning for
-    SAME_LOWER.
-    """
-    begin, end = [], []
-    for size, eff, stride in zip(sizes, effective_kernel(kernel, dilations), strides, strict=True):
-        out = -(-size // stride)
-        total = max(0, (out - 1) * stride + eff - size)
-        small, large = total // 2, total - total // 2
-        begin.append(small if auto_pad == "SAME_UPPER" else large)
-        end.append(large if auto_pad == "SAME_UPPER" else small)
-    return begin, end
 
 
 def split_pads(pads: Sequence[int] | None, rank: int) -> Pads:
@@ -124,7 +95,8 @@ class SamePad(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` zero-padded."""
         sizes = list(x.shape[x.dim() - len(self.kernel) :])
-        begin, end = same_pads(sizes, self.kernel, self.strides, self.dilations, self.auto_pad)
+        extents = effective_kernel(self.kernel, self.dilations)
+        begin, end = same_pads(sizes, extents, self.strides, self.auto_pad)
         return F.pad(x, torch_pad(begin, end)) if any(begin) or any(end) else x
 
 
@@ -181,7 +153,8 @@ class OnnxPool(nn.Module):
         """Declared begin pads, declared end pads, and the extra end pads ``ceil_mode`` needs."""
         n = len(self.kernel)
         if self.auto_pad in SAME:
-            begin, end = same_pads(sizes, self.kernel, self.strides, self.dilations, self.auto_pad)
+            extents = effective_kernel(self.kernel, self.dilations)
+            begin, end = same_pads(sizes, extents, self.strides, self.auto_pad)
         elif self.auto_pad == "VALID":
             begin, end = [0] * n, [0] * n
         else:
@@ -280,10 +253,10 @@ class OnnxConvTranspose(nn.Module):
             # As onnxruntime does: a target larger than the full output is not reached by
             # negative pads; an explicit output_shape is then filled up with zeros at the end.
             total = max(0, full - target[i])
-            small, large = total // 2, total - total // 2
-            begin.append(small if self.auto_pad == "SAME_UPPER" else large)
+            b, e = split_padding(total, self.auto_pad)
+            begin.append(b)
             short = target[i] - (full - total) if self.output_shape is not None else 0
-            end.append((large if self.auto_pad == "SAME_UPPER" else small) - max(0, short))
+            end.append(e - max(0, short))
         return begin, end
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,37 +19,19 @@ import re
 
 import onnx
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from . import runtime
+from .graphs import reads
 
 #: Opsets tried, in order, when onnxruntime has no kernel for an old operator version.
 UPGRADE_OPSETS = (13, 17, 11, 21)
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (or its type), at most 300 characters."""
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
-
-
-def _reads(node: onnx.NodeProto) -> list[str]:
-    """Every name ``node`` reads, including outer-scope names read inside its subgraphs."""
-    names = [i for i in node.input if i]
-    inner_defined: set[str] = set()
-    for attr in node.attribute:
-        for graph in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-            inner_defined |= {i.name for i in graph.input} | {i.name for i in graph.initializer}
-            for inner in graph.node:
-                inner_defined |= set(inner.output)
-                names += [n for n in _reads(inner) if n not in inner_defined]
-    return names
 
 
 def is_sorted(graph: onnx.GraphProto) -> bool:
     """Whether every node's inputs are graph inputs, initializers or earlier nodes' outputs."""
     known = {i.name for i in graph.input} | {i.name for i in graph.initializer}
     for node in graph.node:
-        if any(name not in known for name in _reads(node)):
+        if any(name not in known for name in reads(node)):
             return False
         known.update(node.output)
     return True
@@ -72,7 +54,7 @@ def topological_sort(graph: onnx.GraphProto) -> bool:
         progress = False
         rest = []
         for node in pending:
-            needs = [n for n in _reads(node) if n in producers]
+            needs = [n for n in reads(node) if n in producers]
             if all(n in known for n in needs):
                 ordered.append(node)
                 known.update(node.output)

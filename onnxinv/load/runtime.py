@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 
 from ..errors import OptionError, RuntimeMissingError
+from .graphs import infer_shapes
 
 try:
     import onnxruntime as ort
@@ -53,10 +54,7 @@ def all_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str
     Outputs are exposed with their inferred types; sequences and maps (and outputs whose type
     inference cannot tell, when exposing them untyped fails) are left out.
     """
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:
-        inferred = model
+    inferred = infer_shapes(model)
     types = {vi.name: vi for vi in (*inferred.graph.value_info, *inferred.graph.output)}
     present = {o.name for o in model.graph.output}
     typed, untyped = [], []

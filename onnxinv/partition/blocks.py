@@ -27,6 +27,7 @@ from onnx import numpy_helper
 
 from ..errors import ModelError
 from ..load import runtime
+from ..load.graphs import reads
 from ..load.model import LoadedModel
 from ..rules import InverseRule, NodeContext, Registry, RuleNotApplicable
 from ..rules.registry import RuleEntry
@@ -86,17 +87,6 @@ class Partition:
         return all(b.kind == "invertible" for b in self.blocks)
 
 
-def _reads(node: onnx.NodeProto) -> list[str]:
-    """The names ``node`` reads: its inputs and outer-scope names read inside its subgraphs."""
-    names = [i for i in node.input if i]
-    for attr in node.attribute:
-        for graph in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-            inner = {o for n in graph.node for o in n.output}
-            inner |= {i.name for i in graph.input} | {i.name for i in graph.initializer}
-            names += [i for n in graph.node for i in _reads(n) if i not in inner]
-    return names
-
-
 def _downstream(model: onnx.ModelProto, x: str) -> tuple[set[str], set[str]]:
     """(data, flow): tensors computed from the *values* of ``x``, and from ``x`` at all.
 
@@ -105,10 +95,10 @@ def _downstream(model: onnx.ModelProto, x: str) -> tuple[set[str], set[str]]:
     """
     data, flow = {x}, {x}
     for node in model.graph.node:
-        reads = _reads(node)
-        if any(i in flow for i in reads):
+        names = reads(node)
+        if any(i in flow for i in names):
             flow.update(o for o in node.output if o)
-        if node.op_type not in SHAPE_ONLY and any(i in data for i in reads):
+        if node.op_type not in SHAPE_ONLY and any(i in data for i in names):
             data.update(o for o in node.output if o)
     return data, flow
 
@@ -129,14 +119,14 @@ def _cuts(
     """
     consumers: dict[str, int] = {}
     for n in nodes:
-        for i in set(_reads(n)) & flow:
+        for i in set(reads(n)) & flow:
             consumers[i] = consumers.get(i, 0) + 1
     consumers[y] = consumers.get(y, 0) + 1  # the graph output is consumed by the target
     open_ = {x: consumers.get(x, 0)}
     cuts: list[tuple[int, str]] = []
     last = x
     for k, n in enumerate(nodes):
-        for i in set(_reads(n)) & flow:
+        for i in set(reads(n)) & flow:
             open_[i] -= 1
             if open_[i] == 0:
                 del open_[i]
@@ -202,7 +192,7 @@ def partition(loaded: LoadedModel, registry: Registry, seed: int = 0) -> Partiti
             "there is nothing to invert"
         )
     flow = _downstream(model, x)[1]
-    nodes = [n for n in model.graph.node if any(i in flow for i in _reads(n))]
+    nodes = [n for n in model.graph.node if any(i in flow for i in reads(n))]
     opsets = {o.domain or "": o.version for o in model.opset_import}
 
     segments: list[tuple[str, str, list[onnx.NodeProto]]] = []

@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxInvError
+from ..shapes import SampleSizes
 
 
 class RuleNotApplicable(OnnxInvError):
@@ -67,7 +68,7 @@ class Interval:
 
 
 @dataclass
-class NodeContext:
+class NodeContext(SampleSizes):
     """What a rule knows about its node.
 
     Attributes:
@@ -94,14 +95,6 @@ class NodeContext:
 
     def attr(self, name: str, default: Any = None) -> Any:
         return self.attrs.get(name, default)
-
-    @property
-    def input_size(self) -> int:
-        return int(np.prod(self.input_shape))
-
-    @property
-    def output_size(self) -> int:
-        return int(np.prod(self.output_shape))
 
 
 @dataclass

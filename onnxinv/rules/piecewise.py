@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..shapes import effective_kernel
 from .base import (
     Family,
     Interval,
@@ -263,7 +264,7 @@ class MaxPool(PointRule):
         if auto_pad not in _AUTO_PADS:
             raise RuleNotApplicable(f"MaxPool with auto_pad={auto_pad!r}")
         in_sp, out_sp = ins[-n:], outs[-n:]
-        span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+        span = effective_kernel(kernel, dilations)
         begin = window_pads(ctx, in_sp, out_sp, span, strides)[0]
         self.lead = int(np.prod(ins[:-n], dtype=np.int64))
         self.n_in = int(np.prod(in_sp, dtype=np.int64))

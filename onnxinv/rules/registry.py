@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..errors import OnnxInvError
-from ..plugins import disabled_from_env, load_entry_points
+from ..plugins import PluginGroup
 from ..schema import schema_version
 from .base import InverseRule
 
@@ -104,24 +104,25 @@ def _label(key: tuple[str, str, int]) -> str:
     return f"{d + '.' if d else ''}{o} (version {v})"
 
 
+def _register_builtins(registry: Registry) -> None:
+    from .builtin import register  # on first use: it imports every rule module
+
+    register(registry)
+
+
+#: The ``onnxinv.rules`` group: its default registries are cached in ``RULE_PLUGINS.defaults``.
+RULE_PLUGINS = PluginGroup(ENTRY_POINT_GROUP, Registry, _register_builtins)
+
+
 def load_plugins(registry: Registry, disabled: Iterable[str] = ()) -> Registry:
     """Call every ``onnxinv.rules`` entry point's ``register(registry)``, except ``disabled``.
 
     A plugin that fails to import or register is recorded in ``registry.plugins`` with the
     error and skipped; it never stops the built-ins from loading.
     """
-    from .builtin import register
-
-    registry.plugins.update(load_entry_points(ENTRY_POINT_GROUP, registry, register, disabled))
-    return registry
-
-
-_DEFAULT: dict[frozenset[str], Registry] = {}
+    return RULE_PLUGINS.load(registry, disabled)
 
 
 def default_registry(disabled: Iterable[str] = ()) -> Registry:
     """The registry with built-ins and every installed plugin (cached per disabled set)."""
-    key = frozenset(set(disabled) | disabled_from_env())
-    if key not in _DEFAULT:
-        _DEFAULT[key] = load_plugins(Registry(), key)
-    return _DEFAULT[key]
+    return RULE_PLUGINS.default(disabled)

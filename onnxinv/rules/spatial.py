@@ -16,6 +16,7 @@ from functools import cached_property
 
 import numpy as np
 
+from ..shapes import effective_kernel, same_pads, split_padding
 from .base import NodeContext, RuleNotApplicable
 from .convops import correlate, correlate_transpose, crop, scatter_windows, windows
 from .linear import OnBasis
@@ -33,13 +34,7 @@ def window_pads(ctx: NodeContext, size, out, span, strides) -> tuple[list[int], 
         return pads[:dims], pads[dims:]
     if auto == "VALID":
         return [0] * dims, [0] * dims
-    begin, end = [], []
-    for n, o, k, s in zip(size, out, span, strides, strict=True):
-        total = max((o - 1) * s + k - n, 0)
-        small, large = total // 2, total - total // 2
-        begin.append(small if auto == "SAME_UPPER" else large)
-        end.append(large if auto == "SAME_UPPER" else small)
-    return begin, end
+    return same_pads(size, span, strides, auto, outputs=out)
 
 
 def _auto_pad(ctx: NodeContext) -> str:
@@ -83,7 +78,7 @@ class _Convolution(OnBasis):
 
     @property
     def span(self) -> list[int]:
-        return [(k - 1) * d + 1 for k, d in zip(self.W.shape[2:], self.dilations, strict=True)]
+        return effective_kernel(self.W.shape[2:], self.dilations)
 
     def offset(self):
         ctx = self.ctx
@@ -169,7 +164,7 @@ class ConvTranspose(_Convolution):
         if self.ctx.attr("output_shape", None) or auto in ("SAME_UPPER", "SAME_LOWER"):
             out = self.ctx.output_shape[1:]
             total = [max(0, f - o) for f, o in zip(self.full, out, strict=True)]
-            return [t // 2 if auto == "SAME_UPPER" else t - t // 2 for t in total]
+            return [split_padding(t, auto)[0] for t in total]
         if auto == "VALID":
             return [0] * self.dims
         return [int(p) for p in (self.ctx.attr("pads", None) or [0] * 2 * self.dims)][: self.dims]
@@ -222,7 +217,7 @@ class AveragePool(_Mean):
         dims = len(kernel)
         strides = list(ctx.attr("strides", None) or [1] * dims)
         dilations = list(ctx.attr("dilations", None) or [1] * dims)
-        span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+        span = effective_kernel(kernel, dilations)
         begin, end = window_pads(ctx, ctx.input_shape[1:], ctx.output_shape[1:], span, strides)
         return dilations, span, strides, begin, end
 

@@ -11,8 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..errors import OnnxInvError, OptionError
-from ..plugins import disabled_from_env, load_entry_points
+from ..plugins import PluginGroup
 from .base import Solver
+from .builtin import register as register_builtins
 
 ENTRY_POINT_GROUP = "onnxinv.solvers"
 
@@ -75,23 +76,19 @@ class SolverRegistry:
         return name in self._entries
 
 
+#: The ``onnxinv.solvers`` group: its default registries are cached in
+#: ``SOLVER_PLUGINS.defaults``.
+SOLVER_PLUGINS = PluginGroup(ENTRY_POINT_GROUP, SolverRegistry, register_builtins)
+
+
 def load_solver_plugins(registry: SolverRegistry, disabled: Iterable[str] = ()) -> SolverRegistry:
     """Register every ``onnxinv.solvers`` entry point's solvers, except ``disabled`` plugins."""
-    from .builtin import register
-
-    registry.plugins.update(load_entry_points(ENTRY_POINT_GROUP, registry, register, disabled))
-    return registry
-
-
-_DEFAULT: dict[frozenset[str], SolverRegistry] = {}
+    return SOLVER_PLUGINS.load(registry, disabled)
 
 
 def default_solvers(disabled: Iterable[str] = ()) -> SolverRegistry:
     """The registry with built-ins and every installed solver plugin (cached per disabled set)."""
-    key = frozenset(set(disabled) | disabled_from_env())
-    if key not in _DEFAULT:
-        _DEFAULT[key] = load_solver_plugins(SolverRegistry(), key)
-    return _DEFAULT[key]
+    return SOLVER_PLUGINS.default(disabled)
 
 
 def check_method(method: str, name: str = "method") -> str:
