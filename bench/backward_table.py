@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from common import (
+
+from bench.common import (
     BOUNDS,
     MODELS_DIR,
     REACHABLE_DIGIT,
@@ -32,8 +33,7 @@ from common import (
     targets_for,
     warm_up,
 )
-from paper_backward import paper_backward
-
+from bench.paper_backward import paper_backward
 from onnxinv.target import Target
 
 LEGEND = (

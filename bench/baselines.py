@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
-from common import Case, Record, judged
-from paper_forward import jacobian, paper_forward, torch_model
 from scipy.optimize import least_squares
 
+from bench.common import Case, Record, judged
+from bench.paper_forward import jacobian, paper_forward, torch_model
 from onnxinv.target import Target
 
 MIFACE_CONFIDENCE = 0.9  # MIFace's own criterion: the class reaches this probability

@@ -21,11 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import MODEL_NAMES, MODELS_DIR, PIECEWISE_MODELS, reachable_target  # noqa: E402
-
 import onnxinv  # noqa: E402
+from bench.common import MODEL_NAMES, MODELS_DIR, PIECEWISE_MODELS, reachable_target  # noqa: E402
 from onnxinv.errors import UnreachableTargetError  # noqa: E402
 
 

@@ -47,7 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from readme_section import replace_section
+
+from bench.readme_section import replace_section
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"

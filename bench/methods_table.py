@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from common import (
+from bench.common import (
     Method,
     Record,
     cases,

@@ -12,7 +12,8 @@ import functools
 import sys
 
 import numpy as np
-from common import MODELS_DIR
+
+from bench.common import MODELS_DIR
 
 
 def data_set(model_name: str) -> str:

@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import baselines
 import numpy as np
-import paper_scale_report as report
-import scale
-from backward_table import run_paper
-from common import (
+
+from bench import baselines, scale
+from bench import paper_scale_report as report
+from bench.backward_table import run_paper
+from bench.common import (
     BOUNDS,
     MODELS_DIR,
     ROOT,
@@ -47,9 +47,9 @@ from common import (
     progress,
     run_onnxinv,
 )
-from nearest import data_set, nearest_distances, training_images, validation
-from paper_backward import one_invertible_block
-from paper_forward import torch_model
+from bench.nearest import data_set, nearest_distances, training_images, validation
+from bench.paper_backward import one_invertible_block
+from bench.paper_forward import torch_model
 
 FASHION_MODELS = ("fashion_1layer", "fashion_2layer", "fashion_6layer", "fashion_vit")
 DIGITS_MODELS = ("digits_1layer", "digits_2layer", "digits_6layer")
@@ -393,7 +393,8 @@ def model_cost(model_path: str, batch: int, repeats: int = 3) -> float:
     """Seconds of one forward pass and one backward pass per output at ``batch`` (torch,
     float64 as the forward pass computes), the fastest of ``repeats``."""
     import torch
-    from paper_forward import jacobian, torch_model
+
+    from bench.paper_forward import jacobian, torch_model
 
     module, shape = torch_model(model_path)
     x = torch.rand(batch, math.prod(shape), dtype=torch.float64)
@@ -526,7 +527,7 @@ README_MARKS = ("<!-- paper_scale:start -->", "<!-- paper_scale:end -->")
 def update_readme(text: str, figure: Path, readme: Path = README) -> None:
     """``readme``'s paper-scale section becomes ``text``, its figure ``figure``'s copy in
     ``docs/``, linked relative to ``readme`` (the section is the command's output, never typed)."""
-    from readme_section import replace_section
+    from bench.readme_section import replace_section
 
     docs = ROOT / "docs"
     shutil.copyfile(figure, docs / figure.name)

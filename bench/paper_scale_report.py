@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import BOUNDS, Record, fmt_ratio, json_number
+
+from bench.common import BOUNDS, Record, fmt_ratio, json_number
 
 ONNXINV_METHODS = ("auto", "backward", "forward", "gd")  # they can prove a target unreachable
 
@@ -279,8 +280,7 @@ def figure(cells, models: Sequence[str], path: Path) -> Path:
     """Rows: each data set's validation images, then model × method; columns: classes 0-9;
     each cell the first verified sample for "class k at 0.9" (crossed: none). Drawn by
     onnxinv's sweep figure (:func:`onnxinv.write.figure.figure`)."""
-    from nearest import data_set, validation
-
+    from bench.nearest import data_set, validation
     from onnxinv.write.figure import Cell, figure
 
     labels, grid = [], []

@@ -13,16 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import onnxruntime as ort  # noqa: E402
-from common import MODEL_NAMES, MODELS_DIR, PIECEWISE_MODELS  # noqa: E402
 
 import onnxinv  # noqa: E402
+from bench.common import MODEL_NAMES, MODELS_DIR, PIECEWISE_MODELS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

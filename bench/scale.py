@@ -50,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     target = args.target
     if target == "reachable":
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from common import reachable_target
+        from bench.common import reachable_target
 
         spec = reachable_target(Path(args.model))
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as tmp:

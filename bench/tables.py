@@ -1,6 +1,6 @@
 """Benchmark onnxinv's inversion methods against gradient descent on the input, in one process.
 
-Run ``python bench/bench.py [--samples 256] [--seed 0] [--quick] [--json out.json]`` (also
+Run ``python bench/tables.py [--samples 256] [--seed 0] [--quick] [--json out.json]`` (also
 ``--threads N``, ``--repeats N``, ``--skip-backward``). It prints two tables:
 
 - ``methods_table``: every method side by side with ratios against the baseline;
@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import backward_table
-import methods_table
 import torch
-from common import (
+
+from bench import backward_table, methods_table
+from bench.common import (
     BOUNDS,
     BUSY_SHARE,
     MODEL_NAMES,

@@ -8,19 +8,14 @@ and that the nearest-training-image distance is the brute-force one.
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-sys.path.insert(0, str(BENCH))
-
-import paper_scale as ps  # noqa: E402
-import paper_scale_report as report  # noqa: E402
-from common import BOUNDS, MODELS_DIR, Case, check  # noqa: E402
-from nearest import data_set, nearest_distances, training_images  # noqa: E402
+from bench import paper_scale as ps
+from bench import paper_scale_report as report
+from bench.common import BOUNDS, MODELS_DIR, Case, check
+from bench.nearest import data_set, nearest_distances, training_images
 
 MODEL = "digits_1layer"
 METHODS = ("auto", "backward", "paper-backward", "paper-forward", "scipy-lsq")

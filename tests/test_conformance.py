@@ -9,17 +9,9 @@ that a fresh onnxruntime session rejects; the cases in ``MUST_VERIFY`` must veri
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-_PATH = Path(__file__).resolve().parent.parent / "bench" / "conformance.py"
-_spec = importlib.util.spec_from_file_location("conformance", _PATH)
-conformance = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("conformance", conformance)
-_spec.loader.exec_module(conformance)
+from bench import conformance
 
 # Cases that crash today, as {case: "exception @ onnxinv/file.py:line"}; each becomes an
 # xfail(strict=False). Remove an entry when its fix lands. Empty since 1b217d2 fixed the
