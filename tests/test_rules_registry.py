@@ -158,7 +158,7 @@ def fake_eps(monkeypatch, *eps: FakeEntryPoint, builtin_ep: bool = True) -> None
     listed = ([FakeEntryPoint("builtin", builtin.register)] if builtin_ep else []) + list(eps)
 
     def entry_points(group=None, **kw):
-        # Rule plugins only; solver plugins (another group) are tested in test_solvers.py.
+        # Rule plugins only; solver plugins (another group) are tested in test_solvers_registry.py.
         return list(listed) if group == registry_mod.ENTRY_POINT_GROUP else []
 
     monkeypatch.setattr(plugins.metadata, "entry_points", entry_points)
