@@ -4,15 +4,14 @@
   the random proposal misses), flags and clips when none does, and draws from ``rng`` only.
 * :func:`joint_collapse` chooses a nonlinearity's point so that the input below it fits in the
   box: a sample flagged ok really has a preimage inside the box.
-* :func:`interval_bounds` is sound: random inputs in the box (and its corners), run through
-  the block's steps, stay inside every propagated interval; the steps compose to onnxruntime.
+* the backward pass reaches a Selu with a negative gamma (decreasing: solved numerically).
+  (The interval bounds it keeps values inside are tested in ``test_partition_bounds.py``.)
 * The shared suites (:mod:`solver_suites`) run on every registered method, whole-model methods
   (auto, backward) included, each given the whole model.
 """
 
 from __future__ import annotations
 
-import itertools
 import time
 
 import numpy as np
@@ -24,11 +23,9 @@ from solver_suites import GD_FAILURES, AllSuites, case
 
 from onnxinv import objective as objective_mod
 from onnxinv.load import model as model_mod
-from onnxinv.partition.blocks import partition
-from onnxinv.rules import default_registry
 from onnxinv.rules.base import Family
 from onnxinv.settings import Settings
-from onnxinv.solvers.backward.collapse import MARGIN, collapse, interval_bounds, joint_collapse
+from onnxinv.solvers.backward.collapse import MARGIN, collapse, joint_collapse
 from onnxinv.solvers.base import ModelProblem
 from onnxinv.solvers.registry import default_solvers
 from onnxinv.target import Target
@@ -203,80 +200,6 @@ def test_joint_collapse_after_the_deadline_keeps_the_greedy_points():
     np.testing.assert_array_equal(y, greedy)
 
 
-# ----------------------------------------------------------------------------- interval_bounds
-
-ACTIVATIONS = {
-    "Tanh": {},
-    "Sigmoid": {},
-    "Selu": {},
-    "Elu": {"alpha": 0.7},
-    "LeakyRelu": {"alpha": 0.1},
-    "Softplus": {},
-    "HardSigmoid": {"alpha": 0.3, "beta": 0.4},
-    "Selu-negative-gamma": {"gamma": -1.0},
-}
-
-
-def chain(act: str, seed: int = 0):
-    """x[N, 5] → Gemm → act → Mul (signs mixed) → Gemm → act → Add → y[N, 3]."""
-    rng = np.random.default_rng(seed)
-    op, attrs = act.split("-")[0], ACTIVATIONS[act]
-    nodes = [
-        helper.make_node("Gemm", ["x", "W1", "b1"], ["z1"]),
-        helper.make_node(op, ["z1"], ["h1"], **attrs),
-        helper.make_node("Mul", ["h1", "s"], ["m"]),
-        helper.make_node("Gemm", ["m", "W2", "b2"], ["z2"]),
-        helper.make_node(op, ["z2"], ["h2"], **attrs),
-        helper.make_node("Add", ["h2", "a"], ["y"]),
-    ]
-    inits = [
-        const("W1", rng.normal(size=(5, 4))),
-        const("b1", rng.normal(size=4)),
-        const("s", [1.5, -2.0, 0.5, -0.7]),
-        const("W2", rng.normal(size=(4, 3))),
-        const("b2", rng.normal(size=3)),
-        const("a", [0.1, -0.2, 0.3]),
-    ]
-    return make_model(nodes, [value_info("x", ["N", 5])], [value_info("y", ["N", 3])], inits)
-
-
-def sound_cases():
-    # Selu with gamma < 0 is decreasing: its rule refuses the node (solved numerically), and
-    # the bounds of the invertible part below must still be sound.
-    for act in ACTIVATIONS:
-        yield pytest.param(act, id=act)
-
-
-@pytest.mark.parametrize("act", sound_cases())
-@pytest.mark.parametrize("box", [(0.0, 1.0), (-2.0, 1.5)], ids=["unit", "wide"])
-def test_interval_bounds_contain_every_value_from_the_box(act, box):
-    model = chain(act)
-    loaded = model_mod.load(model)
-    part = partition(loaded, default_registry())
-    if act != "Selu-negative-gamma":  # refusing that node's rule would be a right answer
-        assert [b.kind for b in part.blocks] == ["invertible"]  # else nothing is tested
-    assert part.blocks[0].kind == "invertible"
-    steps = part.blocks[0].steps
-    lo, hi = box
-    bounds = interval_bounds(steps, np.full(5, lo), np.full(5, hi))
-    assert set(bounds) == {"x"} | {s.output for s in steps}
-    last = steps[-1].output
-    rng = np.random.default_rng(1)
-    corners = np.array(list(itertools.product(box, repeat=5)))
-    x = np.concatenate([corners, rng.uniform(lo, hi, (2000, 5))])
-    values = {"x": x}
-    for step in steps:
-        values[step.output] = step.rule.forward(values[step.input]).reshape(len(x), -1)
-    # The steps compose to the model, so the bounds are about what onnxruntime computes.
-    if last == "y":
-        np.testing.assert_allclose(values["y"], ort_outputs(model, x), rtol=1e-4, atol=1e-4)
-    for name, (blo, bhi) in bounds.items():
-        v = values[name]
-        slack = 1e-9 * (1 + np.abs(v).max())
-        assert (v >= blo - slack).all() and (v <= bhi + slack).all(), name
-        assert (blo <= bhi).all(), name
-
-
 def test_backward_reaches_a_selu_with_negative_gamma():
     rng = np.random.default_rng(0)
     nodes = [
@@ -297,26 +220,6 @@ def test_backward_reaches_a_selu_with_negative_gamma():
     solver.prepare()
     out = solver.run(3, np.random.default_rng(0))
     assert problem.verify(out.x).verified.all()
-
-
-def test_interval_bounds_stop_at_a_step_without_them():
-    """A Softmax has no interval rule: nothing above it is bounded, nothing below is lost."""
-    nodes = [
-        helper.make_node("Gemm", ["x", "W", "b"], ["z"]),
-        helper.make_node("Tanh", ["z"], ["h"]),
-        helper.make_node("Softmax", ["h"], ["y"], axis=-1),
-    ]
-    model = make_model(
-        nodes,
-        [value_info("x", ["N", 3])],
-        [value_info("y", ["N", 3])],
-        [const("W", np.eye(3)), const("b", np.zeros(3))],
-    )
-    steps = partition(model_mod.load(model), default_registry()).blocks[0].steps
-    bounds = interval_bounds(steps, np.zeros(3), np.ones(3))
-    assert set(bounds) == {"x", "z", "h"}
-    np.testing.assert_allclose(bounds["h"][1], np.tanh(1.0))
-    assert interval_bounds([], np.zeros(3), np.ones(3)) == {}
 
 
 @pytest.mark.parametrize("method", ["backward", "auto"])

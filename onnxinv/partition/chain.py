@@ -7,7 +7,8 @@ backward`) and the exact solver (:mod:`onnxinv.solvers.exact`) share for MLP- an
 * ``ops``: the steps below the top, each one of
 
   - :class:`Affine` ``z = M h + c`` on flat values: consecutive affine rules (Gemm, MatMul, Add,
-    Conv, BatchNormalization, reshapes ...) composed into one dense matrix once per run;
+    Conv, BatchNormalization, reshapes ...) composed into one dense matrix once per run
+    (:func:`compose`, which the backward pass also uses below a block's first nonlinearity);
   - :class:`Activation`: an elementwise rule differentiable almost everywhere (SELU, Tanh,
     ReLU ...), applied through the rule's ``forward_with_slope``;
   - :class:`Select`: a rule whose every output copies one of its inputs (MaxPool);
@@ -63,6 +64,23 @@ class Select:
     n_in: int
 
 
+def compose(rules) -> tuple[np.ndarray, np.ndarray] | None:
+    """The dense ``(M, c)`` of affine rules applied one after the other (the first is applied
+    first): ``M = M_k ⋯ M_1``, ``c`` carried along. None when a rule has no dense matrix or one
+    would have more than :data:`~onnxinv.rules.linalg.DENSE_LIMIT` entries (composing matrices
+    that size costs more than it saves), or when there is no rule. A single rule's matrix is its
+    own (not a copy)."""
+    M = c = None
+    for rule in rules:
+        if rule.ctx.input_size * rule.ctx.output_size > DENSE_LIMIT:
+            return None
+        mc = rule.dense()
+        if mc is None:
+            return None
+        M, c = mc if M is None else (mc[0] @ M, mc[0] @ c + mc[1])
+    return None if M is None else (M, c)
+
+
 def chain_of(block) -> tuple[list, list] | None:
     """The block's steps as ([affine or activation ops from the input up], [top rules]).
 
@@ -85,16 +103,11 @@ def chain_of(block) -> tuple[list, list] | None:
     pending: list = []  # consecutive affine steps, composed when the run ends
 
     def close() -> bool:
-        M = c = None
-        for step in pending:
-            if step.rule.ctx.input_size * step.rule.ctx.output_size > DENSE_LIMIT:
-                return False
-            mc = step.rule.dense()
+        if pending:
+            mc = compose([step.rule for step in pending])
             if mc is None:
                 return False
-            M, c = mc if M is None else (mc[0] @ M, mc[0] @ c + mc[1])
-        if M is not None:
-            ops.append(Affine(np.ascontiguousarray(M), c))
+            ops.append(Affine(np.ascontiguousarray(mc[0]), mc[1]))
         pending.clear()
         return True
 

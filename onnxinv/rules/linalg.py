@@ -44,10 +44,14 @@ def orthonormal_columns(A: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
 
 
 def null_basis(A: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
-    """An orthonormal basis of the null space of A (k, r) as (k, r - rank) columns."""
+    """An orthonormal basis of the null space of ``A`` (k, r): (r, r − rank) columns, the right
+    singular vectors past the rank (singular values at most ``rtol`` times the largest count as
+    zero). The one null-space helper: the backward pass's families and the exact sampler's slice
+    (:mod:`onnxinv.solvers.exact.analysis`) both use it."""
     if A.shape[1] == 0:
         return np.zeros((0, 0))
-    # A tall A's thin SVD already has every right singular vector (no k × k U needed).
+    # A tall A's thin SVD already has every right singular vector (no k × k U needed); LAPACK
+    # computes them the same way either way (the same bidiagonalisation), so Vt is the same.
     _, s, Vt = np.linalg.svd(A, full_matrices=A.shape[0] < A.shape[1])
     rank = int(np.sum(s > rtol * max(s[0], 1e-300))) if s.size else 0
     return Vt[rank:].T

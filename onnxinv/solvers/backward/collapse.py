@@ -14,8 +14,9 @@ Sigmoid's in (0, 1)) or, at the input, the bounds. Here, per sample:
    caller may polish it).
 
 Bounds ``lo``/``hi`` combine the next rule's domain with interval bounds propagated forward from
-the input box (a necessary condition for the layers below to reach the value): a cheap
-lookahead that keeps greedy layer-by-layer choices out of dead ends.
+the input box (:func:`onnxinv.partition.bounds.interval_bounds`; a necessary condition for the
+layers below to reach the value): a cheap lookahead that keeps greedy layer-by-layer choices out
+of dead ends.
 """
 
 from __future__ import annotations
@@ -25,12 +26,16 @@ import time
 import numpy as np
 from scipy.optimize import linprog
 
+from ...partition.bounds import interval_bounds
 from ...rules.base import Family, Interval
 
 T_CAP = 1e-6  # margin asked of the LP beyond the domain's own (open bounds are pre-shrunk)
 MARGIN_WEIGHT = 1e6
 JOINT_TOLERANCE = 1e-7
 PULL_WEIGHT = 1e-4  # weight of |x − z| against the violation in the joint LP
+
+__all__ = ["MARGIN", "box", "collapse", "interval_bounds", "joint_collapse"]
+# (interval_bounds lives in onnxinv.partition.bounds; named here for the plan's import)
 
 
 #: Distance kept from open domain bounds (relative to the bound's scale).
@@ -47,22 +52,17 @@ def box(
     lo = np.full(size, -np.inf)
     hi = np.full(size, np.inf)
     if domain is not None:
-        m = (
-            margin * max(1.0, abs(domain.lo) if np.isfinite(domain.lo) else 1.0)
-            if domain.open
-            else 0.0
-        )
-        lo[:] = domain.lo + m
-        m = (
-            margin * max(1.0, abs(domain.hi) if np.isfinite(domain.hi) else 1.0)
-            if domain.open
-            else 0.0
-        )
-        hi[:] = domain.hi - m
+        lo[:] = domain.lo + _inset(domain.lo, margin, domain.open)
+        hi[:] = domain.hi - _inset(domain.hi, margin, domain.open)
     if extra is not None:
         lo = np.maximum(lo, extra[0])
         hi = np.minimum(hi, extra[1])
     return lo, hi
+
+
+def _inset(end: float, margin: float, is_open: bool) -> float:
+    """How far a domain's end moves in: ``margin`` relative to its size (at least 1) if open."""
+    return margin * max(1.0, abs(end) if np.isfinite(end) else 1.0) if is_open else 0.0
 
 
 def collapse(
@@ -139,29 +139,6 @@ def _inside(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, slack: float = 0.0) -
 
 def _clip(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.clip(y, lo, hi)
-
-
-def interval_bounds(
-    steps, lo: np.ndarray, hi: np.ndarray
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Interval bounds of every tensor of a chain of steps, from bounds on its input.
-
-    A step whose rule cannot bound its output ends the propagation (no bounds above it).
-    """
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    if not steps:
-        return out
-    out[steps[0].input] = (lo, hi)
-    for step in steps:
-        with np.errstate(all="ignore"):
-            nxt = step.rule.forward_interval(lo, hi)
-        if nxt is None:
-            break
-        lo, hi = (np.asarray(a, dtype=np.float64).ravel() for a in nxt)
-        if np.any(np.isnan(lo)) or np.any(np.isnan(hi)):
-            break
-        out[step.output] = (lo, hi)
-    return out
 
 
 def joint_collapse(

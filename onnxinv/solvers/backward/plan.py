@@ -26,8 +26,9 @@ from ...load import runtime
 from ...load.model import extract
 from ...objective import Objective, softmax
 from ...partition.blocks import Block
+from ...partition.chain import compose
 from ...rules.base import Family, OutsideDomain
-from ...rules.linalg import DENSE_LIMIT, null_basis
+from ...rules.linalg import null_basis
 from ..base import ModelProblem, Problem, Starts
 from .collapse import MARGIN, box, collapse, interval_bounds, joint_collapse
 
@@ -200,18 +201,11 @@ class BackwardPass:
         """
         if block.kind != "invertible":
             return None
-        M = c = None
-        for j, step in enumerate(block.steps):
-            if step.rule.kind != "affine":
-                ok = step.rule.smooth_inverse() is not None and M is not None
-                return (j, M, c) if ok else None
-            if step.rule.ctx.input_size * step.rule.ctx.output_size > DENSE_LIMIT:
-                return None  # composing dense matrices this size costs more than it saves
-            mc = step.rule.dense()
-            if mc is None:
-                return None
-            M, c = (mc[0], mc[1]) if M is None else (mc[0] @ M, mc[0] @ c + mc[1])
-        return None
+        j = next((j for j, s in enumerate(block.steps) if s.rule.kind != "affine"), None)
+        if not j or block.steps[j].rule.smooth_inverse() is None:
+            return None  # (no nonlinearity, no affine map below it, or not a smooth one)
+        mc = compose([step.rule for step in block.steps[:j]])
+        return None if mc is None else (j, *mc)
 
     # -- backward through one invertible block ------------------------------------------------
     def _backward(self, block: Block, fam: Family, rng, exact):

@@ -25,8 +25,9 @@ import numpy as np
 from ...errors import OptionError
 from ...objective import TopRegion
 from ...partition.chain import Activation, Affine
+from ...rules.linalg import null_basis
 from . import branch
-from .polytope import centre, hit_and_run, nearest, null_space, pattern_polytope
+from .polytope import centre, hit_and_run, nearest, pattern_polytope
 from .program import tightened
 
 CACHE_KEY = "exact"  # where a run's ModelProblem.shared keeps the analysis (or why none applies)
@@ -249,7 +250,7 @@ class ExactAnalysis:
             want = reg.want[keep]
         else:
             want = reg.want
-        N = null_space(G)
+        N = null_basis(G)
         prior = self.problem.settings.prior
         near = nearest(P, q, G, want - off, prior)
         start = witness if near is None else near

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...objective import TopRegion
+from ...partition.bounds import back_substitute, chord_lines, widen
 from ...partition.chain import Activation, Affine
-from .program import pieces, widen
+from .program import SLACK, pieces
 
 GRAPH = 1e-7  # distance from an activation's graph under which a solution value sits on it
 
@@ -108,7 +109,7 @@ class _Graph:
     def range(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The least and largest value of the graph on ``[lo, hi]`` (at its corners)."""
         _, f = self.points(lo, hi)
-        return widen(f.min(1), f.max(1))
+        return widen(f.min(1), f.max(1), SLACK)
 
     def bracket(self, lo: np.ndarray, hi: np.ndarray):
         """One line below and one above the graph on ``[lo, hi]``: (slope, intercept) of each,
@@ -116,11 +117,8 @@ class _Graph:
         interval (concave: the line above); the other line is the chord. Where it is neither,
         both are the chord moved down and up to the corners."""
         z, f = self.points(lo, hi)
-        w = hi - lo
-        flat = w <= 0
-        s = np.where(flat, 0.0, (f[:, -1] - f[:, 0]) / np.where(flat, 1.0, w))
-        gap = f - s[:, None] * z
-        below, above = (s, gap.min(1)), (s, gap.max(1))
+        s, low, high = chord_lines(z, f, hi - lo)
+        below, above = (s, low), (s, high)
         left, right, slope, icpt = self.pieces
         cover = np.minimum(right, hi) - np.maximum(left, lo)  # (S, n)
         k = np.argmax(cover, axis=0)
@@ -193,7 +191,7 @@ class Search:
         r.append(row + nz[0])
         c.append(self.out[-1][nz[1]])
         v.append(D[nz])
-        lo, hi = widen(self.region.need_lo, self.region.need_hi)
+        lo, hi = widen(self.region.need_lo, self.region.need_hi, SLACK)
         lb.append(lo)
         ub.append(hi)
         row += D.shape[0]
@@ -204,27 +202,22 @@ class Search:
     # -- bounds ------------------------------------------------------------------------------
     def propagate(self, split: dict[int, tuple[np.ndarray, np.ndarray]]):
         """Every activation's input bounds, from the box up by linear bound propagation, each
-        met with ``split`` (the node's cuts); None when a value's interval is empty."""
+        met with ``split`` (the node's cuts); None when a value's interval is empty.
+
+        Each activation's input is the affine map below it; its largest values are that map
+        carried down to the box through the activations below, each between its two lines on
+        the bounds found for it (:func:`~onnxinv.partition.bounds.back_substitute`), its least
+        the same for the map negated."""
         lo_x, hi_x = self.box
         bounds, lines = {}, {}
+
+        def upper(i, M, c):  # (the largest M z + c over the box, z the input of op i)
+            W, const = back_substitute(self.ops[:i], lines, M, c)
+            return const + np.where(W > 0, W * hi_x, W * lo_x).sum(1)
+
         for i in self.acts:
-            ends = []
-            for sign in (1.0, -1.0):  # least of sign·value, by substitution down to the box
-                lam, const = None, 0.0
-                for j in range(i - 1, -1, -1):
-                    op = self.ops[j]
-                    if isinstance(op, Affine):
-                        if lam is None:
-                            lam, const = sign * op.M, sign * op.c
-                        else:
-                            const, lam = const + lam @ op.c, lam @ op.M
-                    else:
-                        sl, bl, su, bu = lines[j]
-                        pos = lam >= 0
-                        const = const + np.where(pos, lam * bl, lam * bu).sum(1)
-                        lam = np.where(pos, lam * sl, lam * su)
-                ends.append(const + np.where(lam >= 0, lam * lo_x, lam * hi_x).sum(1))
-            lo, hi = widen(ends[0], -ends[1])
+            below = self.ops[i - 1]
+            lo, hi = widen(-upper(i - 1, -below.M, -below.c), upper(i - 1, below.M, below.c), SLACK)
             if i in split:
                 lo, hi = np.maximum(lo, split[i][0]), np.minimum(hi, split[i][1])
             if np.any(lo > hi):

@@ -1,8 +1,8 @@
 """Proofs that a target is out of reach inside the input box.
 
 For a model whose graph is one chain (dense affine maps and monotone activations below a
-Softmax-like top, see :mod:`onnxinv.solvers.backward.newton`), interval bounds are propagated from the box
-to the input of the last affine map, ``z = M h + c``. Over that box of ``h`` the range of every
+Softmax-like top, see :mod:`onnxinv.partition.chain`), interval bounds are propagated from the
+box to the input of the last affine map, ``z = M h + c`` (:mod:`onnxinv.partition.bounds`). Over that box of ``h`` the range of every
 *difference* of two logits ``z_i − z_j = (M_i − M_j) h + c_i − c_j`` is computed exactly (tighter
 than subtracting two intervals), and compared with what the target allows: for a distribution
 within the tolerance ``t`` of ``p``, ``log((p_i − t)/(p_j + t)) ≤ z_i − z_j ≤
@@ -13,59 +13,27 @@ within tolerance of the target.
 The proof is sound up to floating point: the bounds are widened by ``SLACK`` (relative), far
 more than float64 rounding, and more than the float32 arithmetic onnxruntime uses may move an
 output of these sizes. A target that is not proven unreachable may still be: interval bounds
-lose precision with depth.
+lose precision with depth. Linear bounds carried back to the box through every activation's
+lines (:func:`~onnxinv.partition.bounds.back_substitute`) tighten the differences' ranges, and
+a last linear program asks for all of them at once.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ...partition.bounds import back_substitute, centre_spread, intervals, sampled_lines, widen
 from ...partition.chain import Affine, Select
 
 SLACK = 1e-5
 MAX_PAIRS_K = 64  # all pairs up to this many classes; above, each class against the largest
 
 
-GRID = 65  # points per neuron at which a relaxation is checked
-
-
-def _relax(rule, lo: np.ndarray, hi: np.ndarray):
-    """Parallel lines ``a z + b_lo ≤ σ(z) ≤ a z + b_hi`` on ``[lo, hi]``, per neuron.
-
-    The slope is the chord's; the intercepts are the extreme gaps on a grid of ``GRID`` points,
-    widened by the most the function can move between grid points (its largest secant slope
-    on the grid, doubled, times half the spacing): sound for the smooth or piecewise-linear
-    monotone activations the chain admits, up to that Lipschitz estimate.
-    """
-    width = np.maximum(hi - lo, 0.0)
-    t = np.linspace(0.0, 1.0, GRID)
-    z = lo[:, None] + width[:, None] * t[None, :]
-    with np.errstate(all="ignore"):
-        f = np.asarray(rule.forward(z), dtype=np.float64).reshape(z.shape)
-    a = np.where(width > 0, (f[:, -1] - f[:, 0]) / np.maximum(width, 1e-300), 0.0)
-    gap = f - a[:, None] * z
-    step = width / (GRID - 1)
-    secant = np.abs(np.diff(f, axis=1)).max(1) / np.maximum(step, 1e-300)
-    margin = (2 * secant + np.abs(a)) * step / 2
-    return a, gap.min(1) - margin, gap.max(1) + margin
-
-
-def _linear_upper(queries: np.ndarray, ops, relaxations, lo: np.ndarray, hi: np.ndarray):
+def _upper(queries: np.ndarray, ops, lines, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Upper bounds of ``queries @ z_top`` over the box, by back-substitution."""
-    W = queries.astype(np.float64)
-    const = np.zeros(len(W))
-    r = len(relaxations)
-    for op in reversed(ops):
-        if isinstance(op, Affine):
-            const += W @ op.c
-            W = W @ op.M
-        else:
-            r -= 1
-            slope, b_lo, b_hi = relaxations[r]
-            const += np.where(W > 0, W * b_hi, W * b_lo).sum(1)
-            W = W * slope[None, :]
-    mid, rad = (lo + hi) / 2, (hi - lo) / 2
-    return const + W @ mid + np.abs(W) @ rad
+    W, const = back_substitute(ops, lines, queries.astype(np.float64), np.zeros(len(queries)))
+    centre, spread = centre_spread(W, const, lo, hi)
+    return centre + spread
 
 
 def _joint(last, p: np.ndarray, t: float, lo, hi, where: str, box: str) -> str | None:
@@ -131,31 +99,19 @@ def certify(problem) -> str | None:
     part, obj = problem.partition, problem.objective
     top = problem.chain[1]
     n = problem.n
-    lo, hi = np.full(n, float(problem.bounds[0])), np.full(n, float(problem.bounds[1]))
-    box_lo, box_hi = lo.copy(), hi.copy()
-    relaxations = []  # per activation: (slope, lower intercept, upper intercept)
-    for op in ops[:-1]:
-        if isinstance(op, Affine):
-            mid, rad = (lo + hi) / 2, (hi - lo) / 2
-            centre, spread = op.M @ mid + op.c, np.abs(op.M) @ rad
-            lo, hi = centre - spread, centre + spread
-        else:
-            relaxations.append(_relax(op.rule, lo, hi))
-            bounds = op.rule.forward_interval(lo, hi)
-            if bounds is None:
-                return None
-            lo, hi = (np.asarray(b, dtype=np.float64).ravel() for b in bounds)
-        widen = SLACK * (1 + np.maximum(np.abs(lo), np.abs(hi)))
-        lo, hi = lo - widen, hi + widen
-        if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
-            return None
+    box_lo, box_hi = np.full(n, float(problem.bounds[0])), np.full(n, float(problem.bounds[1]))
+    # Every op's input interval, from the box up (each widened by SLACK), up to the last map's.
+    found = intervals(ops[:-1], box_lo, box_hi, slack=SLACK, finite=True)
+    if len(found) < len(ops) - 1:
+        return None
+    ins = [(box_lo, box_hi), *found]
+    lo, hi = ins[-1]
     last = ops[-1]
-    mid, rad = (lo + hi) / 2, (hi - lo) / 2
     where = f"the last linear layer (output {part.blocks[0].steps[-1 - len(top)].output!r})"
     box = f"[{problem.bounds[0]:g}, {problem.bounds[1]:g}]"
     t = obj.tolerance
     if obj.kind == "values":
-        centre, spread = last.M @ mid + last.c, np.abs(last.M) @ rad
+        centre, spread = centre_spread(last.M, last.c, lo, hi)
         want = obj.target.ravel()
         gap = np.maximum(centre - spread - (want + t), (want - t) - (centre + spread))
         gap -= SLACK * (1 + np.abs(centre) + spread)
@@ -180,20 +136,26 @@ def certify(problem) -> str | None:
     a, b = a[ok], b[ok]
     if a.size == 0:
         return None
-    rows = last.M[a] - last.M[b]
-    centre = rows @ mid + last.c[a] - last.c[b]
-    spread = np.abs(rows) @ rad
+    rows = last.M[a] - last.M[b]  # logit a minus logit b: rows h + c_a − c_b
+    centre, spread = centre_spread(rows, last.c[a], lo, hi)
+    centre = centre - last.c[b]
     slack = SLACK * (1 + np.abs(centre) + spread)
     d_lo, d_hi = centre - spread - slack, centre + spread + slack
     # Tighter: linear bounds carried back through every activation to the box (CROWN-style,
     # with the interval bounds above as each activation's input range).
+    lines = {
+        i: sampled_lines(op.rule, *ins[i])
+        for i, op in enumerate(ops[:-1])
+        if not isinstance(op, Affine)
+    }
     queries = np.zeros((len(a), k))
     queries[np.arange(len(a)), a] = 1.0
     queries[np.arange(len(a)), b] = -1.0
-    upper = _linear_upper(queries, ops, relaxations, box_lo, box_hi)
-    lower = -_linear_upper(-queries, ops, relaxations, box_lo, box_hi)
-    d_hi = np.minimum(d_hi, upper + SLACK * (1 + np.abs(upper)))
-    d_lo = np.maximum(d_lo, lower - SLACK * (1 + np.abs(lower)))
+    upper = _upper(queries, ops, lines, box_lo, box_hi)
+    lower = -_upper(-queries, ops, lines, box_lo, box_hi)
+    lower, upper = widen(lower, upper, SLACK)
+    d_hi = np.minimum(d_hi, upper)
+    d_lo = np.maximum(d_lo, lower)
     need_lo = np.log((p[a] - t) / (p[b] + t))
     need_hi = np.log((p[a] + t) / (p[b] - t))
     gap = np.maximum(d_lo - need_hi, need_lo - d_hi)

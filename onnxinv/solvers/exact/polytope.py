@@ -59,13 +59,6 @@ def pattern_polytope(
     return np.concatenate(P), np.concatenate(q), A, a
 
 
-def null_space(G: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
-    """(n, n − rank G) orthonormal basis of G's null space."""
-    _, sv, vt = np.linalg.svd(G, full_matrices=True)
-    rank = int((sv > rtol * (sv[0] if sv.size else 1.0)).sum())
-    return vt[rank:].T
-
-
 def centre(P: np.ndarray, q: np.ndarray, G: np.ndarray, g: np.ndarray, N: np.ndarray):
     """The deepest point of ``{P x ≤ q, G x = g}`` measured along the slice (HiGHS LP):
     ``(x, radius)``, or None when the slice is empty."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...objective import TopRegion
+from ...partition.bounds import centre_spread, widen
 from ...partition.chain import Affine, Select
 
 SLACK = 1e-6  # relative widening of every propagated bound (far above float64 rounding)
@@ -45,12 +46,6 @@ def pieces(rule, n: int):
         fq = np.stack([np.asarray(rule.forward(q[s][None]), float).ravel() for s in range(k + 1)])
     slope = (fq - fp) / (q - p)
     return left, right, slope, fp - slope * p
-
-
-def widen(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each bound moved outwards by ``SLACK`` relative (an infinite one stays as it is)."""
-    with np.errstate(invalid="ignore"):
-        return lo - SLACK * (1 + np.abs(lo)), hi + SLACK * (1 + np.abs(hi))
 
 
 class _Rows:
@@ -125,7 +120,9 @@ class Program:
                 cur, lo, hi = self._activation(R, op.rule, cur, lo, hi)
         D = region.D
         nz = np.nonzero(D)
-        self.top_rows = R.rows(nz[0], cur[nz[1]], D[nz], *widen(region.need_lo, region.need_hi))
+        self.top_rows = R.rows(
+            nz[0], cur[nz[1]], D[nz], *widen(region.need_lo, region.need_hi, SLACK)
+        )
         self.top_lo, self.top_hi = lo, hi  # bounds of the top values
         from scipy.sparse import csr_matrix
 
@@ -141,9 +138,8 @@ class Program:
     @staticmethod
     def _affine(R: _Rows, op: Affine, h, lo, hi):
         M = op.M
-        mid, rad = (lo + hi) / 2, (hi - lo) / 2
-        centre, spread = M @ mid + op.c, np.abs(M) @ rad
-        zlo, zhi = widen(centre - spread, centre + spread)
+        centre, spread = centre_spread(M, op.c, lo, hi)
+        zlo, zhi = widen(centre - spread, centre + spread, SLACK)
         z = R.variables(zlo, zhi)
         m = len(z)
         nz = np.nonzero(M)
@@ -163,7 +159,7 @@ class Program:
         on = (seg_lo < seg_hi) | ((lo == hi) & (left <= lo) & (lo <= right))
         vals = np.stack([slope * seg_lo + icpt, slope * seg_hi + icpt])  # (2, S, n)
         vals = np.where(on[None], vals, np.nan)
-        hlo, hhi = widen(np.nanmin(vals, axis=(0, 1)), np.nanmax(vals, axis=(0, 1)))
+        hlo, hhi = widen(np.nanmin(vals, axis=(0, 1)), np.nanmax(vals, axis=(0, 1)), SLACK)
         h = R.variables(hlo, hhi)
         count = on.sum(0)
         self.undecided[self._at] = np.flatnonzero(count > 1)
@@ -348,10 +344,11 @@ def tightened(ops: list, n: int, bounds, region: TopRegion, budget: float):
                     return prog, True
                 if res.status == 0:
                     v = sign * res.fun
+                    v_lo, v_hi = widen(v, v, SLACK)
                     if sign > 0:
-                        lo[j] = max(lo[j], v - SLACK * (1 + abs(v)))
+                        lo[j] = max(lo[j], v_lo)
                     else:
-                        hi[j] = min(hi[j], v + SLACK * (1 + abs(v)))
+                        hi[j] = min(hi[j], v_hi)
             if time.monotonic() > stop:
                 break
         known[i] = (lo, hi)
