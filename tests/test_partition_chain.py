@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from helpers import const, make_model, ort_outputs, value_info
 from onnx import helper
-from test_exact import cnn, mlp
 from test_partition_bounds import chain
+from test_solvers_exact_analysis import cnn, mlp
 
 from onnxinv.load import model as model_mod
 from onnxinv.partition.blocks import partition

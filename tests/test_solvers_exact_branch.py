@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers import MODELS, ort_outputs, reachable_distribution
-from test_exact import BOX, either_or, mlp, problem
+from test_solvers_exact_analysis import BOX, either_or, mlp, problem
 
 import onnxinv.solvers.exact.analysis as exact_mod
 from onnxinv.solvers.exact.analysis import ExactAnalysis, piecewise_chain
@@ -127,7 +127,7 @@ def test_a_time_limit_gives_unknown_never_unreachable():
 
 
 def test_chains_with_max_pools_are_left_to_the_program():
-    from test_exact import cnn
+    from test_solvers_exact_analysis import cnn
 
     p = problem(cnn(), {"distribution": reachable_distribution(cnn(), "probabilities")})
     ops, _ = piecewise_chain(p)

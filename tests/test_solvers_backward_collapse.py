@@ -241,6 +241,6 @@ class TestEveryMethod(AllSuites):
     """Every registered method on the whole model (backward's own suites among them)."""
 
     # (exact writes piecewise-linear chains only, and these suites' nets are smooth: it refuses
-    # them in one line; tests/test_exact.py runs it on ReLU and max-pool nets.)
+    # them in one line; tests/test_solvers_exact_analysis.py runs it on ReLU and max-pool nets.)
     methods = tuple(m for m in default_solvers().names() if m != "exact")
     expected_failures = GD_FAILURES
