@@ -26,7 +26,6 @@ import time
 import numpy as np
 from scipy.optimize import linprog
 
-from ...partition.bounds import interval_bounds
 from ...rules.base import Family, Interval
 
 T_CAP = 1e-6  # margin asked of the LP beyond the domain's own (open bounds are pre-shrunk)
@@ -34,8 +33,7 @@ MARGIN_WEIGHT = 1e6
 JOINT_TOLERANCE = 1e-7
 PULL_WEIGHT = 1e-4  # weight of |x − z| against the violation in the joint LP
 
-__all__ = ["MARGIN", "box", "collapse", "interval_bounds", "joint_collapse"]
-# (interval_bounds lives in onnxinv.partition.bounds; named here for the plan's import)
+__all__ = ["MARGIN", "box", "collapse", "joint_collapse"]
 
 
 #: Distance kept from open domain bounds (relative to the bound's scale).

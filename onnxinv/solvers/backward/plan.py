@@ -26,11 +26,12 @@ from ...load import runtime
 from ...load.model import extract
 from ...objective import Objective, softmax
 from ...partition.blocks import Block
+from ...partition.bounds import interval_bounds
 from ...partition.chain import compose
 from ...rules.base import Family, OutsideDomain
 from ...rules.linalg import null_basis
 from ..base import ModelProblem, Problem, Starts
-from .collapse import MARGIN, box, collapse, interval_bounds, joint_collapse
+from .collapse import MARGIN, box, collapse, joint_collapse
 
 EXACT_RESIDUAL = 1e-6  # a family farther than this from the rules' range is not exact
 SOLVE_TOLERANCE = 1e-7  # max |residual| an intermediate LM solve aims for
