@@ -30,9 +30,11 @@ interior Newton iteration:
   q-dimensional dual by semismooth Newton (:func:`box_step`), so the linearisation still
   holds where pixels sit on a bound (with loose classes, the older active set: coordinates on
   a bound that the step pushes outwards are frozen, the trial point clipped). Which one
-  reaches more samples per second depends on the net and the target (a real digit's
+  reaches more samples for its work depends on the net and the target (a real digit's
   preimages have pixels on the bounds; deep nets favour staying inside), so each run tries
-  both on a few samples, starts every batch with the faster, and gives leftovers to the other.
+  both on a few samples, starts every batch with the one that reached more per counted
+  multiply-add (never per second: the same seed gives the same samples on a busy machine),
+  and gives leftovers to the other.
 * the per-sample Jacobian sweep runs in single precision (most of a step's cost); residuals
   and acceptance are float64. On smooth chains the first steps use one Jacobian for the whole
   batch, at its mean slopes (:meth:`ChainSolver.shared_jacobian`): from random anchors the
@@ -81,7 +83,7 @@ SLOW = 0.1  # |r| falling by less than this factor in a step: Newton is past its
 ACTIVE_ROUNDS = 10  # active-set rounds of a step with loose rows (see _step)
 BOX_ROUNDS = 12  # semismooth Newton rounds of a step inside the box (see box_step)
 BOX_WORK_ROUNDS = 3  # rounds a box step is counted as in an attempt's work (typical: 2-4)
-TRIAL = 16  # samples each box strategy is tried on before the faster one goes first
+TRIAL = 16  # samples each box strategy is tried on before the cheaper one goes first
 JACOBIAN_DTYPE = np.float32  # per-sample Jacobian rows (see ChainSolver.jacobian)
 SHARED_RATE = 0.3  # the batch-shared Jacobian's steps go on while they cut |r| at least this much
 SHARED_UNTIL = 1e-6  # ... and until the median |r| (relative) is this small
@@ -256,7 +258,7 @@ class ChainSolver:
             trial = attempt == 0 and prefer is None and len(todo) >= 2 * TRIAL
             if trial:
                 # Neither strategy has a record yet: each is tried on TRIAL samples, and the
-                # rest of the batch goes to the one that reached more per second.
+                # rest of the batch goes to the one that reached more per unit of work.
                 t = 2 * TRIAL
                 parts = [(todo[:TRIAL], anchors[:TRIAL], True),
                          (todo[TRIAL:t], anchors[TRIAL:t], False), (todo[t:], anchors[t:], None)]  # fmt: skip
@@ -293,7 +295,7 @@ class ChainSolver:
     def preferred(self) -> bool | None:
         """The box strategy to start with (True: affine scaling), None until both have a record.
 
-        Which one reaches more samples per second depends on the network and the target (on
+        Which one reaches more samples for its work depends on the network and the target (on
         the 6-layer digits net, affine scaling reaches almost every uniform-target sample and
         almost none of a real digit's, whose pixels sit on the bounds; the active set the
         reverse), so each run tries both on fresh anchors and starts with the one that reached
