@@ -127,6 +127,25 @@ def export(module: nn.Module, path: Path, dynamo: bool, shape=(1, 1, 8, 8)) -> P
     return path
 
 
+def export_batched(
+    module: nn.Module, example: torch.Tensor, dynamo: bool, opset: int | None = 17
+) -> onnx.ModelProto:
+    """``torch.onnx.export`` with a symbolic batch axis ``N``, silently, as a ModelProto (the
+    TorchScript exporter at ``opset``; dynamo at its own)."""
+    kwargs = {"input_names": ["x"], "output_names": ["y"]}
+    with quiet():
+        if dynamo:
+            batch = torch.export.Dim("N", min=1, max=64)
+            program = torch.onnx.export(
+                module, (example,), dynamo=True, dynamic_shapes=({0: batch},), **kwargs
+            )
+            return program.model_proto
+        buffer = io.BytesIO()
+        torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=opset,
+                          dynamic_axes={"x": {0: "N"}}, **kwargs)  # fmt: skip
+    return onnx.load_from_string(buffer.getvalue())
+
+
 def checker_failure() -> onnx.ModelProto:
     """Well-formed protobuf, invalid graph: Gemm reads a tensor nothing defines."""
     graph = onnx.helper.make_graph(

@@ -15,9 +15,11 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription
 from torch import nn
 
-from onnxinv.convert import compat, to_torch
+from onnxinv import convert
+from onnxinv.convert import compat, fallback_nodes, to_torch
 from onnxinv.convert.compat_pad import source_index
 from onnxinv.convert.compat_split import chunk_sizes
+from onnxinv.convert.node_jacobian import MAX_FD_VALUES
 from onnxinv.errors import ConversionError, ModelError
 from onnxinv.load.runtime import session
 
@@ -245,7 +247,10 @@ def test_custom_domain_operator_is_named() -> None:
     assert "finite differences" in message and "\n" not in message
 
 
-def test_broken_converter_is_diagnosed(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("fallbacks_allowed", [True, False])
+def test_broken_converter_is_diagnosed(
+    monkeypatch: pytest.MonkeyPatch, fallbacks_allowed: bool
+) -> None:
     model = make_model(
         [
             helper.make_node("Relu", ["x"], ["a"], name="relu_0"),
@@ -264,24 +269,31 @@ def test_broken_converter_is_diagnosed(monkeypatch: pytest.MonkeyPatch) -> None:
         return result._replace(torch_module=nn.Sigmoid())
 
     monkeypatch.setitem(_CONVERTER_REGISTRY, key, broken)
-    with pytest.raises(ConversionError) as info:
-        to_torch(model)
-    assert info.value.op_type == "Tanh"
-    assert info.value.node == "tanh_0"
-    assert "tanh_0" in str(info.value) and "disagrees with onnxruntime" in str(info.value)
+    if fallbacks_allowed:  # the node that disagrees runs in onnxruntime instead
+        module = to_torch(model)
+        assert fallback_nodes(module) == ["tanh_0 (Tanh)"]
+        assert_matches_ort(module, model, randn(4, 6))
+    else:
+        monkeypatch.setattr(convert, "MAX_DISAGREEING_NODES", 0)
+        with pytest.raises(ConversionError) as info:
+            to_torch(model)
+        assert info.value.op_type == "Tanh"
+        assert info.value.node == "tanh_0"
+        assert "tanh_0" in str(info.value) and "disagrees with onnxruntime" in str(info.value)
     monkeypatch.undo()
     assert _CONVERTER_REGISTRY[key] is good
-    to_torch(model)  # fine again once restored
+    assert fallback_nodes(to_torch(model)) == []  # fine again once restored
 
 
-def test_converter_that_raises_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("width", [6, 4100])
+def test_converter_that_raises_is_named(monkeypatch: pytest.MonkeyPatch, width: int) -> None:
     model = make_model(
         [
             helper.make_node("Relu", ["x"], ["a"], name="relu_0"),
             helper.make_node("Tanh", ["a"], ["y"], name="tanh_0"),
         ],
-        ["N", 6],
-        ["N", 6],
+        ["N", width],
+        ["N", width],
         17,
     )
 
@@ -290,12 +302,19 @@ def test_converter_that_raises_is_named(monkeypatch: pytest.MonkeyPatch) -> None
 
     key = OperationDescription(domain="", operation_type="Tanh", version=13)
     monkeypatch.setitem(_CONVERTER_REGISTRY, key, refuses)
-    with pytest.raises(ConversionError, match="tanh_0.*not today") as info:
+    if width <= MAX_FD_VALUES:  # the node runs in onnxruntime instead
+        module = to_torch(model)
+        assert fallback_nodes(module) == ["tanh_0 (Tanh)"]
+        assert_matches_ort(module, model, randn(3, width))
+        return
+    with pytest.raises(ConversionError, match="tanh_0.*not today.*8200 node runs") as info:
         to_torch(model)
     assert info.value.op_type == "Tanh"
 
 
 def test_module_that_fails_at_run_time_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without fallbacks for disagreeing nodes (MAX_DISAGREEING_NODES = 0), the error names the
+    # node; with them, the node runs in onnxruntime (see test_broken_converter_is_diagnosed).
     model = make_model(
         [
             helper.make_node("Relu", ["x"], ["a"], name="relu_0"),
@@ -317,9 +336,12 @@ def test_module_that_fails_at_run_time_is_named(monkeypatch: pytest.MonkeyPatch)
         key,
         lambda node, graph: good(node, graph)._replace(torch_module=Raises()),
     )
+    monkeypatch.setattr(convert, "MAX_DISAGREEING_NODES", 0)
     with pytest.raises(ConversionError, match="tanh_0.*fails when run: boom") as info:
         to_torch(model)
     assert info.value.op_type == "Tanh"
+    monkeypatch.setattr(convert, "MAX_DISAGREEING_NODES", 4)
+    assert fallback_nodes(to_torch(model)) == ["tanh_0 (Tanh)"]
 
 
 def test_model_onnxruntime_cannot_run_is_a_model_error() -> None:
@@ -332,27 +354,35 @@ def test_model_onnxruntime_cannot_run_is_a_model_error() -> None:
     model = make_model(nodes, [2, 3], None, 20, [ints("zero", [0, 1])])
     with pytest.raises(ModelError, match="onnxruntime"):
         to_torch(model)
-    module = to_torch(model, check=False)
-    with pytest.raises(RuntimeError, match="allowzero"):
+    module = to_torch(model, check=False)  # the Reshape runs in onnxruntime, and fails there
+    assert fallback_nodes(module) == ["reshape_0 (Reshape)"]
+    with pytest.raises(Exception, match="cannot be reshaped"):
         torch_run(module, rand(2, 3))
 
 
 def test_allowzero_with_constant_zero_is_rejected() -> None:
+    # Rejected by the converter, and too large (4200 values) to run in onnxruntime instead.
     nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"], name="r0", allowzero=1)]
-    model = make_model(nodes, [2, 3], [2, 0], 19, [ints("shape", [2, 0])])
-    with pytest.raises(ConversionError, match="allowzero") as info:
+    model = make_model(nodes, [2, 2100], [2, 0], 19, [ints("shape", [2, 0])])
+    with pytest.raises(ConversionError, match="allowzero.*8400 node runs") as info:
         to_torch(model, check=False)
     assert info.value.node == "r0"
 
 
+@pytest.mark.parametrize("side", [6, 65])
 @pytest.mark.parametrize("op_type", ["MaxPool", "AveragePool", "LpPool"])
-def test_pool_same_with_dilations_is_rejected(op_type: str) -> None:
+def test_pool_same_with_dilations_is_rejected(op_type: str, side: int) -> None:
     # onnxruntime sizes the SAME padding from the undilated kernel, onnx's reference from the
-    # dilated one: no single meaning, so no converter.
+    # dilated one: no single meaning, so no converter. A small node runs in onnxruntime
+    # instead, meaning what it means there; a large one (65 x 65 = 4225 values) is refused.
     attrs = {"kernel_shape": [3, 3], "dilations": [2, 2], "auto_pad": "SAME_UPPER"}
-    model = make_model(
-        [helper.make_node(op_type, ["x"], ["y"], name="pool_0", **attrs)], [1, 1, 6, 6], None, 19
-    )
+    node = helper.make_node(op_type, ["x"], ["y"], name="pool_0", **attrs)
+    model = make_model([node], [1, 1, side, side], None, 19)
+    if side * side <= MAX_FD_VALUES:
+        module = to_torch(model)
+        assert fallback_nodes(module) == [f"pool_0 ({op_type})"]
+        assert_matches_ort(module, model, randn(1, 1, side, side))
+        return
     with pytest.raises(ConversionError, match="dilations") as info:
         to_torch(model, check=False)
     assert info.value.op_type == op_type
@@ -614,8 +644,12 @@ def test_resize_new_attributes_are_guarded() -> None:
     antialias = helper.make_node(
         "Resize", inputs, ["y"], name="resize_0", mode="linear", antialias=1
     )
+    small = make_model([antialias], [1, 1, 4, 4], None, 19, inits)  # runs in onnxruntime
+    module = to_torch(small)
+    assert fallback_nodes(module) == ["resize_0 (Resize)"]
+    assert_matches_ort(module, small, rand(1, 1, 4, 4))
     with pytest.raises(ConversionError, match="antialias") as info:
-        to_torch(make_model([antialias], [1, 1, 4, 4], None, 19, inits), check=False)
+        to_torch(make_model([antialias], [1, 1, 65, 65], None, 19, inits), check=False)
     assert info.value.node == "resize_0"
 
 
@@ -852,8 +886,12 @@ def test_max_pool_indices_output_is_rejected() -> None:
         helper.make_node("MaxPool", ["x"], ["p", "i"], name="pool_0", kernel_shape=[2]),
         helper.make_node("Cast", ["i"], ["y"], name="cast_0", to=TensorProto.FLOAT),
     ]
+    small = make_model(nodes, ["N", 2, 7], None, 12)  # runs in onnxruntime instead
+    module = to_torch(small)
+    assert fallback_nodes(module) == ["pool_0 (MaxPool)"]
+    assert_matches_ort(module, small, randn(3, 2, 7))
     with pytest.raises(ConversionError, match="Indices") as info:
-        to_torch(make_model(nodes, ["N", 2, 7], None, 12), check=False)
+        to_torch(make_model(nodes, ["N", 2, 2049], None, 12), check=False)
     assert info.value.node == "pool_0"
 
 
@@ -994,6 +1032,27 @@ def test_concat_from_sequence(new_axis: int) -> None:
     ]
     model = make_model(nodes, ["N", 4, 3], None, 12)
     assert_matches_ort(to_torch(model), model, randn(2, 4, 3))
+
+
+# --------------------------------------------------------------- Clip with an omitted bound
+
+
+@pytest.mark.parametrize("opset", [11, 12, 13])
+@pytest.mark.parametrize(
+    "bounds",
+    [("", "hi"), ("lo", ""), ("lo",), ("lo", "hi"), (), ("", ""), ("mean", "hi")],
+    ids=["max-only", "min-then-empty", "min-only", "both", "none", "both-empty", "computed-min"],
+)
+def test_clip_with_omitted_or_computed_bounds(bounds: tuple[str, ...], opset: int) -> None:
+    # Both torch exporters write clamp(max=m) as Clip(x, '', m); onnx2torch's converter fails.
+    inits = [floats("lo", np.float32(-0.3)), floats("hi", np.float32(0.4))]
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mean"], axes=[0, 1], keepdims=0)]
+    nodes.append(helper.make_node("Clip", ["x", *bounds], ["y"], name="clip_0"))
+    model = make_model(nodes, ["N", 5], None, opset, inits)
+    x = randn(4, 5)
+    module = to_torch(model, sample_input=x)
+    assert fallback_nodes(module) == []
+    assert_matches_ort(module, model, x)
 
 
 # ------------------------------------------------------ the onnx wheel's backend test models

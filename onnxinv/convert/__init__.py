@@ -3,6 +3,14 @@
 :func:`to_torch` converts a single-input, single-output model, and by default checks the result
 against onnxruntime. Every failure is a :class:`~onnxinv.errors.ConversionError` whose one-line
 message names the operator and node responsible.
+
+The model is normalised first (:func:`normalise`: Constant weights, initializers listed as
+inputs, unsorted nodes, Identity chains, values folded from constants). A node that still does
+not convert (no converter, a converter that fails, or a converted module that disagrees with
+onnxruntime) runs alone in onnxruntime inside the module, its gradient taken by central
+differences of that node alone (:mod:`.fallback`); the rest of the model stays autograd.
+:func:`fallback_nodes` lists those nodes as ``"name (OpType)"``, and is empty when every node
+converted.
 """
 
 from __future__ import annotations
@@ -15,12 +23,24 @@ import torch
 from ..errors import ConversionError
 from . import compat
 from .agreement import check as check_against_ort
-from .locate import find_failing_converter, find_missing_converter
+from .fallback import ATTRIBUTE, Fallbacks, fallback_nodes
+from .locate import (
+    FALLBACK,
+    failed_converter_error,
+    failing_node,
+    missing_converter_error,
+    missing_converters,
+    one_line,
+)
+from .normalise import normalise
 from .sample import check_single_output, graph_input, input_dtype
 from .sample import sample_input as random_input
 from .select_output import select_graph_output
 
-__all__ = ["ConversionError", "compat", "to_torch"]
+__all__ = ["ConversionError", "compat", "fallback_nodes", "normalise", "to_torch"]
+
+#: Nodes that may fall back because their converted module disagrees with onnxruntime.
+MAX_DISAGREEING_NODES = 4
 
 
 def _set_dtype(module: torch.nn.Module, model: onnx.ModelProto) -> torch.nn.Module:
@@ -30,6 +50,30 @@ def _set_dtype(module: torch.nn.Module, model: onnx.ModelProto) -> torch.nn.Modu
     if dtype == np.float64:
         return module.double()
     return module
+
+
+def _convert(model: onnx.ModelProto, fallbacks: Fallbacks) -> torch.fx.GraphModule:
+    """onnx2torch's conversion, each node whose converter fails falling back in turn."""
+    for _ in range(len(model.graph.node) + 1):
+        with fallbacks.installed():
+            try:
+                return onnx2torch.convert(model, attach_onnx_mapping=True)
+            except ConversionError:
+                raise
+            except Exception as exc:
+                found, error = failing_node(model), exc
+        if found is None:
+            raise ConversionError(
+                f"conversion to PyTorch failed: {one_line(error)}; {FALLBACK}"
+            ) from error
+        reason = failed_converter_error(*found)
+        if not fallbacks.add(found[0], reason):
+            raise reason from error
+    raise AssertionError("unreachable: every node has fallen back")
+
+
+def _finish(module: torch.fx.GraphModule, model: onnx.ModelProto) -> torch.fx.GraphModule:
+    return _set_dtype(select_graph_output(module, model), model).eval()
 
 
 def to_torch(
@@ -53,10 +97,12 @@ def to_torch(
     Returns:
         A :class:`torch.fx.GraphModule` with the input's float precision (float32 for float
         input); ``.double()`` works on it. Each submodule carries ``onnx_mapping``, the ONNX
-        value names of its inputs and outputs.
+        value names of its inputs and outputs. Its ``onnxinv_fallback_nodes`` attribute (see
+        :func:`fallback_nodes`) lists the nodes that run in onnxruntime.
 
     Raises:
-        ConversionError: an operator has no converter, a converter failed, or the check failed;
+        ConversionError: a node can neither be converted nor fall back (its Jacobian by
+            differences would be too costly, or it reads sequences), or the check failed;
             ``op_type`` and ``node`` name the node responsible when one is found.
         ModelError: the model does not have exactly one graph input and one output, or
             onnxruntime cannot run it.
@@ -64,16 +110,25 @@ def to_torch(
     compat.install()
     graph_input(model)  # exactly one input, else ModelError
     check_single_output(model)
-    missing = find_missing_converter(model)
-    if missing is not None:
-        raise missing
-    try:
-        module = onnx2torch.convert(model, attach_onnx_mapping=True)
-    except Exception as exc:
-        raise find_failing_converter(model, exc) from exc
-    module = select_graph_output(module, model)
-    module = _set_dtype(module, model).eval()
+    converted = normalise(model)
+    fallbacks = Fallbacks(converted)
+    for info in missing_converters(converted):
+        reason = missing_converter_error(info)
+        if not fallbacks.add(info, reason):
+            raise reason
+    module = _finish(_convert(converted, fallbacks), converted)
     if check:
         x = random_input(model, seed) if sample_input is None else sample_input
-        check_against_ort(module, model, np.asarray(x, dtype=input_dtype(model)), atol)
+        x = np.asarray(x, dtype=input_dtype(model))
+        for attempt in range(MAX_DISAGREEING_NODES + 1):
+            try:
+                check_against_ort(module, converted, x, atol, reference=model)
+                break
+            except ConversionError as error:
+                info = fallbacks.named(error.node)
+                last = attempt == MAX_DISAGREEING_NODES
+                if last or info is None or not fallbacks.add(info, error):
+                    raise
+            module = _finish(_convert(converted, fallbacks), converted)
+    setattr(module, ATTRIBUTE, fallbacks.labels())
     return module

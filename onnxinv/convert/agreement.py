@@ -80,13 +80,21 @@ def _diagnose(
     )
 
 
-def check(module: fx.GraphModule, model: onnx.ModelProto, x: np.ndarray, atol: float) -> None:
+def check(
+    module: fx.GraphModule,
+    model: onnx.ModelProto,
+    x: np.ndarray,
+    atol: float,
+    reference: onnx.ModelProto | None = None,
+) -> None:
     """Raise ConversionError unless ``module`` matches onnxruntime on ``x``.
 
     The outputs must agree within ``atol * max(1, max |onnxruntime output|)``. When they do not,
-    or the module raises, the error names the first node that disagrees (or raises).
+    or the module raises, the error names the first node of ``model`` (the model that was
+    converted) that disagrees (or raises). ``reference``, when given, is the model whose
+    onnxruntime output the module must match (the model as the user gave it).
     """
-    expected = run_ort(model, x)
+    expected = run_ort(model if reference is None else reference, x)
     try:
         actual = run_torch(module, x)
     except Exception as exc:

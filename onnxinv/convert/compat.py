@@ -13,11 +13,13 @@ changed, separate modules hold real converters: :mod:`.compat_reshape` (``allowz
 :mod:`.compat_reduce` (``axes`` as an input), :mod:`.compat_split` (``num_outputs``),
 :mod:`.compat_pad` (every Pad version, any rank and axes, ``wrap`` mode), :mod:`.compat_pool`
 (MaxPool, AveragePool, LpPool, Conv, ConvTranspose at every version with ``auto_pad`` and
-asymmetric pads; GlobalMaxPool, GlobalLpPool), :mod:`.compat_cast` (Cast that follows
+asymmetric pads; GlobalMaxPool, GlobalLpPool), :mod:`.compat_clip` (an omitted or computed
+bound), :mod:`.compat_cast` (Cast that follows
 ``.double()``, CastLike), :mod:`.compat_activations` (Gelu, Mish, Shrink: operators onnx2torch
 lacks), :mod:`.compat_flatten` (every axis, 1-D input), :mod:`.compat_sequence` (the sequence
-operators that split a tensor and take parts back) and :mod:`.compat_legacy` (versions older than
-onnx2torch's first, e.g. Slice-1).
+operators that split a tensor and take parts back), :mod:`.compat_legacy` (versions older than
+onnx2torch's first, e.g. Slice-1) and :mod:`.compat_names` (submodule names for nodes of dotted
+domains such as ``ai.onnx.ml``).
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from onnx2torch.utils.common import OperationConverterResult
 from . import (
     compat_activations,
     compat_cast,
+    compat_clip,
     compat_flatten,
     compat_legacy,
+    compat_names,
     compat_pad,
     compat_pool,
     compat_reduce,
@@ -106,6 +110,7 @@ GUARDED_ALIASES: dict[str, tuple[int, Guard]] = {
 #: modules with real converters, each with ``install() -> list[(op_type, since_version)]``.
 _FAMILIES = (
     compat_cast,
+    compat_clip,
     compat_reshape,
     compat_reduce,
     compat_split,
@@ -115,6 +120,7 @@ _FAMILIES = (
     compat_flatten,
     compat_sequence,
     compat_legacy,
+    compat_names,
 )
 
 _ADDED: list[tuple[str, int, str]] = []
@@ -169,7 +175,8 @@ def install() -> None:
 
     Existing registry entries are never replaced, except some of onnx2torch's own, by strict
     supersets: Reshape-14 (which rejects ``allowzero=1``), Cast-9/13 (whose float32 target
-    ignores ``.double()``), Flatten (``axis`` 0 or rank), Pad-2/11/13 (Pad-2's ``value``;
+    ignores ``.double()``), Clip-11/12/13 (an omitted or computed bound), Flatten (``axis`` 0
+    or rank), Pad-2/11/13 (Pad-2's ``value``;
     reflect/edge at any rank) and the pooling and convolution converters (``auto_pad``; they
     delegate to onnx2torch's otherwise).
     """

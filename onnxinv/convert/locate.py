@@ -38,23 +38,30 @@ def failed_converter_error(info: NodeInfo, exc: BaseException) -> ConversionErro
     )
 
 
-def find_missing_converter(model: onnx.ModelProto) -> ConversionError | None:
-    """The error for the first node (in graph order) with no converter, or None."""
+def missing_converters(model: onnx.ModelProto) -> list[NodeInfo]:
+    """Every node (in graph order) whose operator version has no registered converter."""
+    missing = []
     for info in node_infos(model):
         if info.opset is None:
-            return missing_converter_error(info)
+            missing.append(info)
+            continue
         try:
             get_converter(operation_type=info.op_type, version=info.opset, domain=info.proto.domain)
         except NotImplementedError:
-            return missing_converter_error(info)
-    return None
+            missing.append(info)
+    return missing
 
 
-def find_failing_converter(model: onnx.ModelProto, exc: BaseException) -> ConversionError:
-    """Run each node's converter alone to name the one that made ``onnx2torch.convert`` fail.
+def find_missing_converter(model: onnx.ModelProto) -> ConversionError | None:
+    """The error for the first node (in graph order) with no converter, or None."""
+    missing = missing_converters(model)
+    return missing_converter_error(missing[0]) if missing else None
 
-    Converters see the same shape-inferred graph as in ``onnx2torch.convert``. If none fails on
-    its own, the error reports ``exc`` without naming a node.
+
+def failing_node(model: onnx.ModelProto) -> tuple[NodeInfo, BaseException] | None:
+    """Run each node's converter alone; the first node whose converter fails, and how.
+
+    Converters see the same shape-inferred graph as in ``onnx2torch.convert``.
     """
     try:
         inferred = safe_shape_inference(model)
@@ -70,5 +77,16 @@ def find_failing_converter(model: onnx.ModelProto, exc: BaseException) -> Conver
             )
             converter(node, graph)
         except Exception as node_exc:  # any failure names the node
-            return failed_converter_error(info, node_exc)
+            return info, node_exc
+    return None
+
+
+def find_failing_converter(model: onnx.ModelProto, exc: BaseException) -> ConversionError:
+    """Run each node's converter alone to name the one that made ``onnx2torch.convert`` fail.
+
+    If none fails on its own, the error reports ``exc`` without naming a node.
+    """
+    found = failing_node(model)
+    if found is not None:
+        return failed_converter_error(*found)
     return ConversionError(f"conversion to PyTorch failed: {one_line(exc)}; {FALLBACK}")

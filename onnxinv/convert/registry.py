@@ -72,6 +72,23 @@ def replace(op_type: str, version: int, converter: Converter, domain: str = ONNX
     _CONVERTER_REGISTRY[key(op_type, version, domain)] = converter
 
 
+def unregister(op_type: str, version: int, domain: str = ONNX_DOMAIN) -> None:
+    """Remove the converter at this key, if any (used to undo a temporary registration)."""
+    _CONVERTER_REGISTRY.pop(key(op_type, version, domain), None)
+
+
+def lookup_version(op_type: str, opset: int, domain: str = ONNX_DOMAIN) -> int:
+    """The registry version onnx2torch looks ``op_type`` up by at the model's ``opset``.
+
+    That is the since_version of the operator's schema at ``opset``, or ``opset`` itself for an
+    operator onnx has no schema for (as ``onnx2torch...registry.get_converter`` does).
+    """
+    try:
+        return defs.get_schema(op_type, max_inclusive_version=opset, domain=domain).since_version
+    except (RuntimeError, defs.SchemaError):
+        return opset
+
+
 def supersede(op_type: str, version: int, converter: Converter, original_module: str) -> bool:
     """Register ``converter``, replacing an entry only if it comes from ``original_module``.
 
