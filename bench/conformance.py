@@ -67,6 +67,8 @@ OUTCOMES = (
     "crash",
 )
 DEFAULT_TOLERANCE = 1e-4
+#: Seconds past its timeout after which a case counts as ``late``.
+LATE = 5.0
 THREAD_VARS = (
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
@@ -401,7 +403,8 @@ def run_case(
 
     The record has ``case``, ``outcome`` (one of :data:`OUTCOMES`), ``reason``, ``input`` and
     ``input_shape``, ``output``, ``fixed`` (names), ``samples``, ``verified``, ``best_error``,
-    ``wrongly_verified``, ``methods``, ``seconds`` (the ``invert`` call), ``late``, and for
+    ``wrongly_verified``, ``methods``, ``seconds`` (the ``invert`` call), ``overrun`` (seconds
+    past ``timeout``, negative when within it), ``late`` (overrun > :data:`LATE`), and for
     crashes ``exception``, ``frame`` (last traceback frame inside onnxinv) and ``innermost``.
     """
     case = name if isinstance(name, Case) else find_case(name)
@@ -535,7 +538,8 @@ def run_case(
             raise
         _crash(rec, exc)
     rec["seconds"] = round(time.perf_counter() - t0, 3)
-    rec["late"] = rec["seconds"] > timeout + 5
+    rec["overrun"] = round(rec["seconds"] - timeout, 3)
+    rec["late"] = rec["overrun"] > LATE
     if result is None:
         return rec
 
@@ -753,6 +757,8 @@ def _finish(run: Running, args) -> dict:
         with contextlib.suppress(Exception):
             rec["input_shape"] = _first_float_shape(run.case)
         rec["late"] = bool(run.killed and "time" in run.killed)
+        if run.killed and "time" in run.killed:
+            rec["overrun"] = round(wall - args.timeout, 2)  # at least: it never finished
     rec["wall"] = round(wall, 2)
     rec["peak_mb"] = round(max(float(rec.get("peak_mb") or 0.0), run.peak), 1)
     rec["exit"] = rc
@@ -793,7 +799,7 @@ def run_all(cases: list[Case], args) -> list[dict]:
                 print(
                     f"[{done}/{len(cases)}] {rec['case']}: {rec['outcome']}"
                     f" {rec.get('verified', 0)}/{rec.get('samples', args.samples)}"
-                    f" {rec.get('seconds') or rec.get('wall', 0):.1f} s"
+                    f" {rec.get('seconds') or rec.get('wall', 0):.1f}/{args.timeout:g} s"
                     + (f"  {_short(rec.get('reason', ''), 100)}" if rec.get("reason") else ""),
                     file=sys.stderr,
                     flush=True,
@@ -858,9 +864,32 @@ def summary(results: list[dict]) -> dict:
         "requested": sum(int(r.get("requested") or r.get("samples") or 0) for r in results),
         "wrongly_verified": sum(int(r.get("wrongly_verified") or 0) for r in results),
         "late": sum(bool(r.get("late")) for r in results),
+        "worst_overrun": worst_overrun(results),
         "max_peak_mb": max((float(r.get("peak_mb") or 0) for r in results), default=0.0),
         "recheck_problems": sum(bool(r.get("recheck_problems")) for r in results),
     }
+
+
+def overrun(rec: dict) -> float | None:
+    """Seconds ``rec``'s run went past its timeout (negative: within it; None: not timed)."""
+    if rec.get("overrun") is not None:
+        return float(rec["overrun"])
+    secs = rec.get("seconds")
+    if secs is None or rec.get("timeout") is None:
+        return None
+    return float(secs) - float(rec["timeout"])
+
+
+def worst_overrun(results: list[dict]) -> tuple[float, str] | None:
+    """The largest :func:`overrun` and its case (None when no case was timed)."""
+    timed = [(o, r["case"]) for r in results if (o := overrun(r)) is not None]
+    return max(timed) if timed else None
+
+
+def _overrun_text(worst: tuple[float, str] | None) -> str:
+    if worst is None:
+        return "no case timed"
+    return f"worst overrun {worst[0]:+.1f} s ({worst[1]})"
 
 
 def final_line(results: list[dict]) -> str:
@@ -871,7 +900,9 @@ def final_line(results: list[dict]) -> str:
         f"{s['cases']} cases: "
         + ", ".join(parts or ["0 verified"])
         + f", {c['crash']} crashes, {s['wrongly_verified']} wrongly verified"
-        + f" ({s['verified_samples']}/{s['samples']} samples verified, {s['late']} late)"
+        + f" ({s['verified_samples']}/{s['samples']} samples verified, {s['late']} late, "
+        + _overrun_text(s["worst_overrun"])
+        + ")"
     )
 
 
@@ -921,7 +952,8 @@ def markdown(results: list[dict], args) -> str:
         f"({s['requested']} requested; onnxinv drops repeated samples of bijective models)",
         f"- wrongly verified samples (flagged verified, fail the re-check): "
         f"**{s['wrongly_verified']}**",
-        f"- late (invert took more than timeout + 5 s): {s['late']}",
+        f"- late (invert took more than timeout + {LATE:g} s): {s['late']}; "
+        + _overrun_text(s["worst_overrun"]),
         f"- max peak RSS: {s['max_peak_mb']:.0f} MB",
     ]
     if s["recheck_problems"]:
@@ -966,17 +998,19 @@ def markdown(results: list[dict], args) -> str:
         "",
         "### Per case",
         "",
-        "| case | input shape | outcome | verified | best error | s | peak MB | late | method "
-        "| reason |",
-        "|---|---|---|---:|---:|---:|---:|---|---|---|",
+        "| case | input shape | outcome | verified | best error | s | over | peak MB | late "
+        "| method | reason |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for r in results:
         shape = "×".join(map(str, r["input_shape"])) if r.get("input_shape") else ""
         secs = r.get("seconds") if r.get("seconds") is not None else r.get("wall")
+        over = overrun(r)
         lines.append(
             f"| {r['case']} | {shape} | {r['outcome']} | "
             f"{_verified_cell(r, args.samples)} | "
             f"{_fmt_err(r.get('best_error'))} | {'' if secs is None else f'{secs:.1f}'} | "
+            f"{'' if over is None else f'{over:+.1f}'} | "
             f"{float(r.get('peak_mb') or 0):.0f} | {'late' if r.get('late') else ''} | "
             f"{_cell(_methods(r))} | {_cell(_short(r.get('reason') or '', 80))} |"
         )

@@ -136,3 +136,25 @@ def test_the_lists_name_cases_of_the_subset():
     assert not MUST_VERIFY - names, sorted(MUST_VERIFY - names)
     assert not set(CRASHES) - names, sorted(set(CRASHES) - names)
     assert not MUST_VERIFY & set(CRASHES)
+
+
+@pytest.mark.parametrize(
+    ("records", "worst"),
+    [
+        ([{"seconds": 12.5, "timeout": 10.0}, {"seconds": 3.0, "timeout": 10.0}], (2.5, "c0")),
+        ([{"overrun": 31.0, "outcome": "crash"}, {"seconds": 70.0, "timeout": 60.0}], (31.0, "c0")),
+        ([{"seconds": 1.0, "timeout": 10.0}], (-9.0, "c0")),
+        ([{"outcome": "harness-error"}], None),
+    ],
+    ids=["late", "killed-over-time", "within", "not-timed"],
+)
+def test_the_summary_names_the_worst_overrun(records, worst):
+    base = {"outcome": "verified", "samples": 2, "verified": 2, "wrongly_verified": 0}
+    results = [{**base, "case": f"c{i}", **r} for i, r in enumerate(records)]
+    results[-1]["wrongly_verified"] = 1
+    assert conformance.worst_overrun(results) == worst
+    line = conformance.final_line(results)
+    crashes = sum(r["outcome"] == "crash" for r in results)
+    assert f"{crashes} crashes, 1 wrongly verified" in line
+    expected = "no case timed" if worst is None else f"worst overrun {worst[0]:+.1f} s (c0)"
+    assert expected in line, line

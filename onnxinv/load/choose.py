@@ -136,7 +136,11 @@ def choose_output(model: onnx.ModelProto, name: str | None) -> str:
 def _sample_dims(
     vi: onnx.ValueInfoProto, input_shape: tuple[int, ...] | None
 ) -> list[int | str | None]:
-    """The chosen input's dims: declared, or ``input_shape`` where the user gave one."""
+    """The chosen input's dims: declared, or ``input_shape`` where the user gave one.
+
+    ``input_shape`` is the input's full shape, or one sample's shape: one dimension fewer than
+    declared, where the declared first dimension is a batch axis (symbolic, or a fixed 1).
+    """
     declared = declared_dims(vi) if vi.type.tensor_type.HasField("shape") else None
     if input_shape is None:
         if declared is None:
@@ -146,18 +150,35 @@ def _sample_dims(
             )
         return declared
     given = [int(d) for d in input_shape]
-    if declared is not None:
-        if len(given) != len(declared):
+    text = ",".join(map(str, given))
+    if declared is None:
+        dims: list[int | str | None] = [g if g > 0 else None for g in given]
+    else:
+        shown = "[" + ", ".join(str(d) if d and d != -1 else "?" for d in declared) + "]"
+        d0 = declared[0] if declared else None
+        batch_first = len(declared) >= 2 and not (isinstance(d0, int) and d0 > 1)
+        if len(given) == len(declared) - 1 and batch_first:  # one sample, batch axis left out
+            if given[0] <= 0:
+                raise OptionError(
+                    f"--input-shape {text}: as the shape of one sample of input {vi.name!r} "
+                    f"(declared {shown}) it must not start with -1"
+                )
+            full = [d0 if isinstance(d0, int) and d0 > 0 else -1, *given]
+        elif len(given) == len(declared):
+            full = given
+        else:
+            sample = f", or the {len(declared) - 1} of one sample" if batch_first else ""
             raise OptionError(
-                f"--input-shape {','.join(map(str, given))} has {len(given)} dimensions but input "
-                f"{vi.name!r} is declared with {len(declared)}"
+                f"--input-shape {text} has {len(given)} dimensions but input {vi.name!r} is "
+                f"declared {shown} with {len(declared)}: give all {len(declared)}{sample}"
             )
-        for i, (g, d) in enumerate(zip(given, declared, strict=True)):
+        for i, (g, d) in enumerate(zip(full, declared, strict=True)):
             if isinstance(d, int) and d > 0 and g != d:
                 raise OptionError(
-                    f"--input-shape: dimension {i} of input {vi.name!r} is declared {d}, not {g}"
+                    f"--input-shape {text}: dimension {i} of input {vi.name!r} is declared {d} "
+                    f"({shown}), not {g}"
                 )
-    dims: list[int | str | None] = [g if g > 0 else None for g in given]
+        dims = [g if g > 0 else None for g in full]
     if any(d is None for d in dims[1:]):
         raise OptionError("--input-shape: only the first dimension may be -1 (a batch axis)")
     return dims

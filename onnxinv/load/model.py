@@ -12,6 +12,7 @@ were before the split.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -74,6 +75,8 @@ class LoadedModel(SampleSizes):
         logits_name: the tail's input tensor (logits), when ``tail`` is set.
         opsets: domain → opset version.
         notes: what was repaired or decided on loading, for the report.
+        run_seconds: how long one onnxruntime run of ``original`` on one sample took when
+            loading (for time budgets).
     """
 
     original: onnx.ModelProto
@@ -94,6 +97,7 @@ class LoadedModel(SampleSizes):
     fixed: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     device: str = "cpu"
+    run_seconds: float = 0.0
     _sessions: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -213,6 +217,7 @@ def load(
     seed: int = 0,
     fixed: dict[str, Any] | None = None,
     input_shape: tuple[int, ...] | None = None,
+    deadline: float | None = None,
 ) -> LoadedModel:
     """Load ``model`` and prepare it for inverting ``input`` to match ``output``.
 
@@ -224,7 +229,10 @@ def load(
         seed: seed of the probe inputs used to check batching.
         fixed: other inputs held at these values (name → array of the declared shape).
         input_shape: the chosen input's full shape, where the model does not declare it (a -1
-            first dimension stays a batch axis).
+            first dimension stays a batch axis), or one sample's shape without the declared
+            batch axis (``3,48,192`` for an input declared ``[N, 3, ?, ?]``).
+        deadline: a ``time.monotonic()`` value; once it has passed, the optional batch probe is
+            skipped (samples then run one at a time), so that loading ends soon after it.
 
     Raises:
         ModelError: for anything that makes the model unusable, with a one-line reason.
@@ -245,16 +253,26 @@ def load(
     inferred = infer_shapes(baked)
     plain = extract(baked, vi_in.name, out_name, symbolic_batch=False, inferred=inferred)
     run_shape = (1, *shape.unit) if shape.batch_axis else shape.sample
-    pruned, batched = plain, False
+    pruned, batched, sessions = plain, False, {}
     if shape.batch_axis:
         candidate = (
             plain
             if shape.symbolic
             else extract(baked, vi_in.name, out_name, True, inferred=inferred)
         )
-        batched = _same_when_batched(plain, candidate, vi_in.name, out_name, run_shape, dtype, seed)
+        same, kept = _same_when_batched(
+            plain, candidate, vi_in.name, out_name, run_shape, dtype, seed, deadline
+        )
+        if same is None:
+            notes.append(
+                "the timeout was reached while checking whether the model runs on a batch of "
+                "samples: samples run one at a time"
+            )
+        batched = bool(same)
         if batched:
             pruned = candidate
+        if kept is not None and device == "cpu":
+            sessions["pruned"] = kept  # (a session on ``pruned``, already made)
     tail, logits = softmax_tail(infer_shapes(pruned), out_name)
     loaded = LoadedModel(
         original=proto,
@@ -275,10 +293,14 @@ def load(
         fixed=fixed_arrays,
         notes=notes,
         device=device,
+        _sessions=sessions,
     )
     probe = np.random.default_rng(seed).random((2, *shape.sample)).astype(dtype)
     try:
+        loaded.session("original")
+        started = time.perf_counter()
         first = loaded.run_original_one(probe[0])
+        loaded.run_seconds = time.perf_counter() - started
     except Exception as exc:
         raise ModelError(f"onnxruntime cannot run the model: {first_line(exc)}") from None
     if not np.issubdtype(first.dtype, np.floating):
@@ -300,15 +322,41 @@ def load(
     return loaded
 
 
-def _same_when_batched(plain, candidate, in_name, out_name, run_shape, dtype, seed) -> bool:
-    """Whether ``candidate`` run on a batch gives what ``plain`` gives sample by sample."""
+def _same_when_batched(
+    plain, candidate, in_name, out_name, run_shape, dtype, seed, deadline=None
+) -> tuple[bool | None, Any]:
+    """Whether ``candidate`` run on a batch gives what ``plain`` gives sample by sample.
+
+    Returns the answer and a session on the model to keep (``candidate`` when the answer is
+    yes, else ``plain``; None when none could be made). The sessions are quiet: a graph that
+    cannot take a batch (a dynamo export that concatenates a class token of batch 1) makes
+    onnxruntime raise, and that is the answer, not something to print. Past ``deadline`` the
+    answer is None (not checked).
+    """
     rng = np.random.default_rng(seed + 1)
     x = rng.random((3, *run_shape[1:])).astype(dtype)
+    s_plain = s_cand = None
     try:
-        s_plain = runtime.session(plain.SerializeToString())
-        s_cand = s_plain if candidate is plain else runtime.session(candidate.SerializeToString())
+        s_plain = runtime.session(plain.SerializeToString(), quiet=True)
+        if _expired(deadline):
+            return None, s_plain
+        s_cand = (
+            s_plain
+            if candidate is plain
+            else runtime.session(candidate.SerializeToString(), quiet=True)
+        )
         y_batch = s_cand.run([out_name], {in_name: x})[0]
-        y_each = np.concatenate([s_plain.run([out_name], {in_name: xi[None]})[0] for xi in x])
+        y_each = []
+        for xi in x:
+            if _expired(deadline):
+                return None, s_plain
+            y_each.append(s_plain.run([out_name], {in_name: xi[None]})[0])
     except Exception:
-        return False
-    return y_batch.shape == y_each.shape and np.allclose(y_batch, y_each, rtol=1e-5, atol=1e-6)
+        return False, s_plain
+    y_one = np.concatenate(y_each)
+    same = y_batch.shape == y_one.shape and np.allclose(y_batch, y_one, rtol=1e-5, atol=1e-6)
+    return bool(same), s_cand if same else s_plain
+
+
+def _expired(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() > deadline

@@ -106,7 +106,7 @@ def check(model: onnx.ModelProto, name: str) -> list[str]:
     except Exception as exc:
         complaint = first_line(exc)
         try:
-            runtime.session(model.SerializeToString())
+            runtime.session(model.SerializeToString(), quiet=True)
         except Exception as ort_exc:
             raise ModelError(
                 f"model {name!r} fails the ONNX checker: {complaint} (onnxruntime cannot load "
@@ -127,7 +127,7 @@ def runnable(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
             names the operator and its version when onnxruntime does.
     """
     try:
-        runtime.session(model.SerializeToString())
+        runtime.session(model.SerializeToString(), quiet=True)
         return model, []
     except Exception as exc:
         reason = first_line(exc)
@@ -142,7 +142,7 @@ def runnable(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
             continue
         try:
             upgraded = onnx.version_converter.convert_version(model, target)
-            runtime.session(upgraded.SerializeToString())
+            runtime.session(upgraded.SerializeToString(), quiet=True)
         except Exception as exc:
             last = first_line(exc)
             continue

@@ -39,10 +39,15 @@ def providers(device: str = "cpu") -> list[str]:
 INTRA_OP_THREADS = 0
 
 
-def session(model_bytes: bytes, device: str = "cpu") -> ort.InferenceSession:
-    """An InferenceSession on serialized model bytes, single-threaded-friendly defaults."""
+def session(model_bytes: bytes, device: str = "cpu", quiet: bool = False) -> ort.InferenceSession:
+    """An InferenceSession on serialized model bytes, single-threaded-friendly defaults.
+
+    ``quiet``: for probes, whose failure is an answer (does the graph run on a batch? does
+    onnxruntime load this opset?): onnxruntime's own logger then prints nothing, not even the
+    error it also raises (severity 4, fatal only).
+    """
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4 if quiet else 3
     if INTRA_OP_THREADS:
         opts.intra_op_num_threads = INTRA_OP_THREADS
     return ort.InferenceSession(model_bytes, sess_options=opts, providers=providers(device))
