@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -15,6 +17,7 @@ from . import objective as objective_mod
 from .budget import parse_memory
 from .distinct import duplicate_rows
 from .errors import (
+    DeadlineReached,
     MemoryBudgetError,
     ModelError,
     OnnxInvError,
@@ -22,6 +25,7 @@ from .errors import (
     UnreachableTargetError,
     current_phase,
     first_line,
+    set_deadline,
     set_phase,
 )
 from .load import model as model_mod
@@ -49,7 +53,10 @@ def _contained(fn):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                result = fn(*args, **kwargs)
+                try:
+                    result = fn(*args, **kwargs)
+                finally:
+                    set_deadline(None)  # (the run's deadline ends with it)
             except UnreachableTargetError as exc:
                 if exc.result is not None:
                     exc.result.notes.extend(_warning_notes(caught))
@@ -103,16 +110,19 @@ def invert(
     t0 = time.perf_counter()
     set_phase("while checking the arguments")
     s = Settings.create(settings, **options)
-    check_method(s.method)
     deadline = None if s.timeout is None else time.monotonic() + s.timeout
+    set_deadline(deadline)  # (for computations deep below the solvers: see errors.check_deadline)
+    check_method(s.method)  # (the first call imports the solvers, torch included: seconds)
     tgt = Target.coerce(target)
     solver_class = _solver_class(s, registry)
 
     set_phase("while loading the model")
-    loaded = model_mod.load(
-        model, input=s.input, output=s.output or tgt.output, device=s.device, seed=s.seed,
-        fixed=s.fixed, input_shape=s.input_shape,
-    )  # fmt: skip
+    loaded = _until(None if deadline is None else deadline + LOAD_GRACE, functools.partial(
+        model_mod.load, model, input=s.input, output=s.output or tgt.output, device=s.device,
+        seed=s.seed, fixed=s.fixed, input_shape=s.input_shape, deadline=deadline,
+    ))  # fmt: skip
+    if loaded is OVERTIME:
+        raise UnreachableTargetError(_late(s.timeout, "while loading the model"))
     set_phase("while reading the model's output")
     objective = objective_mod.build(loaded, tgt, seed=s.seed)
     problem = ModelProblem(
@@ -120,15 +130,25 @@ def invert(
         registry=registry,
     )  # fmt: skip
     set_phase("while bounding what the box can reach")
-    proof = certify(problem) if s.bounds is not None else None
+    proof = stopped = None
+    if s.bounds is not None and not problem.expired():
+        proof = _until(deadline, functools.partial(certify, problem))
+    if proof is OVERTIME:
+        proof, stopped = None, current_phase()
     if proof is not None:
         raise UnreachableTargetError(proof, proven=True)
     t1 = time.perf_counter()
 
     set_phase(f"while preparing the {s.method} solver")
     solver = solver_class(problem)
-    if not problem.expired():  # loading may have used the whole timeout
-        solver.prepare()
+    if not problem.expired() and _until(deadline, solver.prepare) is OVERTIME:
+        stopped = current_phase()
+    if stopped is not None:
+        problem.notes.append(f"the {s.timeout:g} s timeout was reached {stopped}")
+    late = stopped is not None or problem.expired()
+    if late and s.samples * loaded.run_seconds > CHECK_LATE:
+        # Nothing will be solved, and checking k random starts would overrun the timeout.
+        raise UnreachableTargetError(_late(s.timeout, stopped or current_phase()))
     t2 = time.perf_counter()
 
     set_phase(f"while solving ({s.method})")
@@ -146,6 +166,85 @@ def invert(
     if decision is not None and decision.status == "unreachable":
         raise UnreachableTargetError(decision.message, result=result, proven=True)
     return _checked(result, timed_out, None if decision is None else decision.message)
+
+
+class _Overtime(BaseException):
+    """Raised in the main thread by :func:`_until`'s alarm (a BaseException, so that code which
+    catches Exception to try another way does not swallow it)."""
+
+
+#: What :func:`_until` returns for a step it stopped.
+OVERTIME = object()
+
+#: Seconds past the deadline that loading may take before it is stopped (with no result).
+LOAD_GRACE = 2.0
+
+#: Seconds of onnxruntime runs allowed past the deadline for checking random starts, when the
+#: deadline passed before solving: beyond that the run ends with a time-out error instead.
+CHECK_LATE = 2.0
+
+
+def _late(timeout: float | None, phase: str) -> str:
+    return (
+        f"timed out after {timeout:g} s {phase}, before any sample was solved; allow a longer "
+        "--timeout"
+    )
+
+
+def _until(deadline: float | None, step: Callable[[], Any]) -> Any:
+    """``step()``, or :data:`OVERTIME` when it is still running at ``deadline`` (or stopped
+    itself there with :class:`~onnxinv.solvers.residual.DeadlineReached`).
+
+    Solvers check the deadline themselves; this stops a step before solving that does not
+    (loading a huge model, an iterative pseudo-inverse while partitioning), so that a run ends
+    within seconds of its timeout. It is a SIGALRM timer, so it works only in the main thread
+    and only when nothing else uses SIGALRM; elsewhere ``step()`` runs to its end. A step stuck
+    inside one C call (an onnxruntime session, shape inference) is stopped when that call
+    returns.
+    """
+    usable = (
+        deadline is not None
+        and hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None)
+        and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    )
+    if not usable:
+        try:
+            return step()
+        except Exception as exc:
+            if _deadline_reached(exc):
+                return OVERTIME
+            raise
+    armed = [True]
+
+    def alarm(signum, frame):
+        if armed[0]:
+            raise _Overtime
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    try:
+        # Repeats each second, in case the step swallowed the first one.
+        # (+10 ms: then time.monotonic() is past the deadline too when the alarm comes.)
+        signal.setitimer(signal.ITIMER_REAL, max(deadline - time.monotonic(), 0) + 0.01, 1.0)
+        try:
+            return step()
+        finally:
+            armed[0] = False  # an alarm after this line is ignored
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _Overtime:
+        return OVERTIME
+    except Exception as exc:
+        if _deadline_reached(exc):
+            return OVERTIME
+        raise
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _deadline_reached(exc: Exception) -> bool:
+    """Whether ``exc`` is a step's own way of stopping at the deadline."""
+    return isinstance(exc, DeadlineReached)
 
 
 def _solve_in_batches(

@@ -148,7 +148,11 @@ class _MethodName(click.ParamType):
         return value
 
 
-_CLI_TYPES = {"method": _MethodName(), "device": click.Choice(["cpu", "cuda"])}
+_CLI_TYPES = {
+    "method": _MethodName(),
+    "device": click.Choice(["cpu", "cuda"]),
+    "jacobian": click.Choice(["auto", "dense", "matrix-free"]),  # settings.JACOBIAN_MODES
+}
 
 
 def settings_options(names: tuple[str, ...] | None = None):

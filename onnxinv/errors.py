@@ -7,6 +7,7 @@ names the problem, so the CLI prints it as is and exits non-zero.
 from __future__ import annotations
 
 import contextvars
+import time
 
 
 class OnnxInvError(Exception):
@@ -65,6 +66,28 @@ class MemoryBudgetError(OnnxInvError):
 
 class OutputExistsError(OptionError):
     """The output folder exists and is not empty, and overwriting was not requested."""
+
+
+class DeadlineReached(Exception):  # noqa: N818 - a signal, not an error
+    """Raised inside a long computation (a Jacobian, a CG solve, an iterative pseudo-inverse)
+    once ``time.monotonic()`` passes the run's deadline; the solver returns what it has."""
+
+
+#: The run's deadline (``time.monotonic()`` value) for computations deep below the solvers
+#: that have no problem object to ask (see :func:`check_deadline`).
+_deadline: list[float | None] = [None]
+
+
+def set_deadline(deadline: float | None) -> None:
+    """Make ``deadline`` the one :func:`check_deadline` enforces (None: no limit)."""
+    _deadline[0] = deadline
+
+
+def check_deadline() -> None:
+    """Raise :class:`DeadlineReached` when the deadline set by :func:`set_deadline` passed."""
+    d = _deadline[0]
+    if d is not None and time.monotonic() > d:
+        raise DeadlineReached
 
 
 class RuntimeMissingError(ImportError):

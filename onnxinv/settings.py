@@ -205,6 +205,16 @@ def device_name(name: str, value: Any) -> str:
     return value
 
 
+#: How LM forms its steps (:func:`onnxinv.solvers.forward.lm.matrix_free_for`).
+JACOBIAN_MODES = ("auto", "dense", "matrix-free")
+
+
+def jacobian_mode(name: str, value: Any) -> str:
+    if value not in JACOBIAN_MODES:
+        raise OptionError(f"{name} must be one of {', '.join(JACOBIAN_MODES)}, not {value!r}")
+    return value
+
+
 def memory(name: str, value: Any) -> int | None:
     from .budget import parse_memory
 
@@ -251,7 +261,8 @@ class Settings:
         group="model",
     )  # fmt: skip
     input_shape: tuple[int, ...] | None = option(
-        None, "The inverted input's full shape where the model leaves it open, e.g. 1,3,224,224.",
+        None, "The inverted input's shape where the model leaves it open: the full shape "
+        "(1,3,224,224) or one sample's, without the batch axis (3,224,224).",
         check=lambda name, v: parse_shape(v, name), cli_type=str, group="model",
     )  # fmt: skip
     prior: np.ndarray | None = option(
@@ -276,6 +287,12 @@ class Settings:
     milp_time_limit: float = option(
         60.0, "Exact solver and proofs: seconds each mixed-integer program may take ('unknown' past it).",
         check=positive_number, group="exact",
+    )  # fmt: skip
+    jacobian: str = option(
+        "auto", "LM steps from dense Jacobians or matrix-free (conjugate gradients on "
+        "Jacobian-vector products); auto: matrix-free when the dense one would not fit "
+        "--max-memory or has many rows.",
+        check=jacobian_mode, cli_type="jacobian", group="lm",
     )  # fmt: skip
     tv: float = option(
         0.0, "Forward pass: total-variation smoothing of image inputs, step size (0: off).",

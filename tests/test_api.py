@@ -20,6 +20,7 @@ from helpers import (
 )
 
 from onnxinv import InversionResult, invert
+from onnxinv.convert import node_jacobian
 from onnxinv.errors import ConversionError, OptionError, UnreachableTargetError
 
 SPACE = {"softmax": "probabilities", "logsoftmax": "log-probabilities", None: "logits"}
@@ -110,7 +111,8 @@ def _unconvertible_model() -> tuple[str, object]:
     pytest.fail("every candidate operator now converts; add one onnx2torch lacks to the list")
 
 
-def test_unconvertible_model_uses_finite_differences():
+def test_unconvertible_model_uses_finite_differences(monkeypatch):
+    monkeypatch.setattr(node_jacobian, "MAX_FD_VALUES", 0)  # no per-node fallback
     op, model = _unconvertible_model()
     p = reachable_distribution(model, "probabilities", seed=12)
     result = invert(model, {"distribution": p}, samples=4, seed=0, bounds=(0, 1))
@@ -119,7 +121,8 @@ def test_unconvertible_model_uses_finite_differences():
     assert_solved(model, result, np.array(p), "probabilities", bounds=(0, 1), n=4)
 
 
-def test_finite_difference_note_says_it_once():
+def test_finite_difference_note_says_it_once(monkeypatch):
+    monkeypatch.setattr(node_jacobian, "MAX_FD_VALUES", 0)  # no per-node fallback
     _, model = _unconvertible_model()
     p = reachable_distribution(model, "probabilities", seed=12)
     result = invert(model, {"distribution": p}, samples=2, seed=0)
@@ -266,3 +269,75 @@ def test_samples_are_solved_in_batches_and_joined(monkeypatch, method):
     assert_solved(path, r, target, "probabilities", bounds=(0.0, 1.0), n=17)
     assert len(r.methods) == len(r.iterations) == len(r.outputs) == 17
     assert not api.duplicate_rows(r.inputs).any()
+
+
+# ------------------------------------------------------------ steps that ignore the deadline
+
+
+def _stall(seconds: float = 60.0) -> None:
+    """A pure-Python step that ignores the deadline and swallows every Exception."""
+    import contextlib
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        with contextlib.suppress(Exception):  # the point: the stop must get past this
+            sum(range(1000))
+
+
+@pytest.mark.parametrize(
+    ("step", "run_seconds", "words", "result"),
+    [
+        ("prepare", None, ("timed out after 0.5 s before any of 2 samples",), True),
+        ("prepare", 10.0, ("timed out after 0.5 s while preparing", "before any sample"), False),
+        ("load", None, ("timed out after 0.5 s while loading the model",), False),
+        ("prepare-raises", None, ("timed out after 0.5 s before any of 2 samples",), True),
+    ],
+    ids=["prepare-cheap-check", "prepare-costly-check", "load", "prepare-stops-itself"],
+)
+def test_a_step_that_ignores_the_deadline_is_stopped(monkeypatch, step, run_seconds, words, result):
+    """The run ends within a few seconds of its timeout, with the usual time-out error."""
+    import signal
+    import time
+
+    from onnxinv.load import model as model_mod
+    from onnxinv.solvers.auto import AutoSolver
+    from onnxinv.solvers.residual import DeadlineReached
+
+    real_load = model_mod.load
+
+    def load(*args, **kwargs):
+        loaded = real_load(*args, **kwargs)
+        if run_seconds is not None:
+            loaded.run_seconds = run_seconds  # one onnxruntime run "takes" that long
+        if step == "load":
+            _stall()
+        return loaded
+
+    def stops_itself(self) -> None:  # checks the deadline itself, as solvers do
+        _stall(0.6)
+        raise DeadlineReached
+
+    monkeypatch.setattr(model_mod, "load", load)
+    if step.startswith("prepare"):
+        stall = stops_itself if "raises" in step else lambda self: _stall()
+        monkeypatch.setattr(AutoSolver, "prepare", stall)
+    # Someone else's SIGALRM handler: the alarm is not onnxinv's to use, only the step's own
+    # DeadlineReached stops it.
+    other = signal.signal(signal.SIGALRM, lambda *a: None) if "raises" in step else None
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(UnreachableTargetError) as info:
+            invert(BUNDLED[2], TARGETS / "digit3.json", samples=2, timeout=0.5)
+    finally:
+        if other is not None:
+            signal.signal(signal.SIGALRM, other)
+    wall = time.monotonic() - t0
+    assert wall < 0.5 + (2.0 if step == "load" else 0.0) + 2.0, wall  # (not the stall's 60 s)
+    message = one_line(info.value)
+    for word in words:
+        assert word in message, message
+    assert (info.value.result is not None) == result
+    if result:
+        assert any("timeout was reached" in note for note in info.value.result.notes)
+        assert (info.value.result.iterations == 0).all()

@@ -329,3 +329,41 @@ def test_inspect_sklearn_zipmap_model(tmp_path, sklearn_digits):
 
 def test_inspect_missing_model(tmp_path):
     assert "nope.onnx" in assert_one_line_error(invoke("inspect", tmp_path / "nope.onnx"))
+
+
+# ---------------------------------------------------------------------------- --input-shape
+
+
+@pytest.mark.parametrize(
+    ("shape", "error"),
+    [("3,4,5", None), ("-1,3,4,5", None), ("4,4,5", "declared 3"), ("4,5", "give all 4")],
+    ids=["one-sample", "full", "dim-differs", "too-few"],
+)
+def test_input_shape_as_one_sample_or_in_full(tmp_path, shape, error):
+    """x [N, 3, H, W] -> channel means: --input-shape 3,4,5 is read as one sample's shape."""
+    import onnx
+    from helpers import make_model, session, value_info
+    from onnx import helper
+
+    model = make_model(
+        [helper.make_node("ReduceMean", ["x"], ["y"], axes=[2, 3], keepdims=0)],
+        [value_info("x", ["N", 3, "H", "W"])],
+        [value_info("y", ["N", 3])],
+    )
+    path = tmp_path / "mean.onnx"
+    onnx.save(model, str(path))
+    target = [[0.2, 0.5, 0.7]]
+    (tmp_path / "t.json").write_text(json.dumps({"values": target}))
+    out = tmp_path / "out"
+    res = invoke("run", path, "-t", tmp_path / "t.json", "-n", "2", "--input-shape", shape,
+                 "-o", out, "--quiet")  # fmt: skip
+    if error is not None:
+        line = assert_one_line_error(res)
+        assert error in line and "'x'" in line and "--input-shape" in line
+        assert not out.exists()
+        return
+    assert res.exit_code == 0, res.stderr
+    x = np.load(out / "inputs.npy")
+    assert x.shape == (2, 3, 4, 5)
+    y = session(model).run(None, {"x": x})[0]
+    assert np.abs(y - np.array(target)).max() <= 1e-4

@@ -407,11 +407,16 @@ def test_jacobians_are_sliced_to_the_memory_budget():
     assert_reproduces(model, _Loaded(result.inputs[result.verified]), target)
 
 
-def test_a_step_that_cannot_fit_is_a_typed_refusal(tmp_path):
+def test_a_dense_step_that_cannot_fit_goes_matrix_free_or_is_a_typed_refusal(tmp_path):
     model = _wide(4096, 64)  # 64 × 4096 × 24 bytes ≈ 6 MiB for one sample
     target = session(model).run(None, {"x": np.zeros((1, 4096), np.float32)})[0]
-    with pytest.raises(MemoryBudgetError) as info:
-        invert(model, {"values": target.tolist()}, method="forward", max_memory="2M")
+    result = invert(model, {"values": target.tolist()}, method="forward", max_memory="2M",
+                    samples=3, seed=0)  # fmt: skip
+    assert result.all_verified and any("matrix-free" in note for note in result.notes)
+    assert_reproduces(model, _Loaded(result.inputs), target)
+    with pytest.raises(MemoryBudgetError) as info:  # (dense Jacobians asked for by name)
+        invert(model, {"values": target.tolist()}, method="forward", max_memory="2M",
+               jacobian="dense")  # fmt: skip
     assert "--max-memory" in one_line(info.value) and "64 outputs x 4096 inputs" in one_line(
         info.value
     )
@@ -420,7 +425,7 @@ def test_a_step_that_cannot_fit_is_a_typed_refusal(tmp_path):
     (tmp_path / "t.json").write_text(f'{{"values": {target.tolist()}}}')
     res = CliRunner().invoke(
         main, ["run", str(path), "-t", str(tmp_path / "t.json"), "--method", "forward",
-               "--max-memory", "2M", "-o", str(tmp_path / "out")],
+               "--max-memory", "2M", "--jacobian", "dense", "-o", str(tmp_path / "out")],
     )  # fmt: skip
     assert res.exit_code == 1 and res.stderr.count("\n") == 1 and "--max-memory" in res.stderr
     assert not (tmp_path / "out").exists()
@@ -532,12 +537,13 @@ def test_sequence_tensors_inside_the_graph():
 
 def test_large_gram_products_are_blocked_and_interruptible(monkeypatch):
     import onnxinv.solvers.forward.lm as lm_mod
+    import onnxinv.solvers.forward.operators as operators
 
     jac = torch.from_numpy(np.random.default_rng(10).normal(size=(2, 6, 500)))
     r = torch.ones((2, 6), dtype=torch.float64)
     lam = torch.full((2,), 1e-3, dtype=torch.float64)
     whole = lm_mod.damped_step(jac, r, lam)
-    monkeypatch.setattr(lm_mod, "GRAM_BLOCK", 100)  # forces many column blocks
+    monkeypatch.setattr(operators, "GRAM_BLOCK", 100)  # forces many column blocks
     np.testing.assert_allclose(lm_mod.damped_step(jac, r, lam).numpy(), whole.numpy(), atol=1e-9)
     with pytest.raises(DeadlineReached):
         lm_mod.damped_step(jac, r, lam, deadline=0.0)

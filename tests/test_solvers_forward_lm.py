@@ -25,7 +25,7 @@ from onnxinv import invert
 from onnxinv.errors import MemoryBudgetError
 from onnxinv.settings import Settings
 from onnxinv.solvers.base import Problem
-from onnxinv.solvers.forward import lm
+from onnxinv.solvers.forward import lm, operators
 from onnxinv.solvers.forward.lm import (
     LMSettings,
     damped_step,
@@ -399,7 +399,7 @@ def test_blocked_gram_product_is_the_same_and_honours_the_deadline(monkeypatch):
     jac, r = random_system(3, 40, b=2, seed=4)
     lam = torch.full((2,), 1e-3, dtype=torch.float64)
     whole = damped_step(jac, r, lam)
-    monkeypatch.setattr(lm, "GRAM_BLOCK", 16)  # 2 x 3 x 40 entries: blocks of 2 columns
+    monkeypatch.setattr(operators, "GRAM_BLOCK", 16)  # 2 x 3 x 40 entries: blocks of 2 columns
     torch.testing.assert_close(damped_step(jac, r, lam), whole, rtol=1e-12, atol=1e-14)
     with pytest.raises(DeadlineReached):
         damped_step(jac, r, lam, deadline=time.monotonic() - 1)

@@ -328,15 +328,21 @@ def _keeps_batch(values: dict[str, np.ndarray], node: onnx.NodeProto, data: set[
     )
 
 
-def describe(part: Partition, max_condition: float = 100.0) -> list[str]:
-    """Lines for ``onnxinv inspect``: each block, its method and its operators."""
+def describe(part: Partition, max_condition: float = 100.0, probe: bool = True) -> list[str]:
+    """Lines for ``onnxinv inspect``: each block, its method and its operators.
+
+    ``probe=False`` leaves out whether affine maps too large for a matrix are onto (each such
+    check is an iterative solve: minutes for the convolutions of a 224×224 CNN).
+    """
     lines = []
     for i, b in enumerate(part.blocks):
         method = "backward (exact inverse rules)" if b.kind == "invertible" else "forward (LM)"
         ops = " → ".join(b.ops)
         lines.append(f"  block {i}: {b.kind:<10} {method:<30} {b.input!r} → {b.output!r}: {ops}")
         for step in b.steps if b.kind == "invertible" else []:
-            if step.rule.kind == "affine" and not step.rule.onto(max_condition):
+            if step.rule.kind != "affine" or (not probe and getattr(step.rule, "large", False)):
+                continue
+            if not step.rule.onto(max_condition):
                 lines.append(
                     f"    {step.label} is not onto (its output has more dimensions than its "
                     "rank): LM solves from the block's input up to a family above it"

@@ -36,6 +36,7 @@ from functools import cached_property
 import numpy as np
 from scipy.sparse.linalg import LinearOperator, lsqr
 
+from ..errors import check_deadline
 from . import linalg
 from .linalg import DenseAffine, LinearInverse
 
@@ -103,9 +104,11 @@ class LsqrInverse(_Operator):
     @cached_property
     def operator(self) -> LinearOperator:
         def matvec(x: np.ndarray) -> np.ndarray:
+            check_deadline()  # (an LSQR solve on a large convolution can take minutes)
             return self.forward(x.reshape(1, -1)).ravel()
 
         def rmatvec(y: np.ndarray) -> np.ndarray:
+            check_deadline()
             return self.adjoint(y.reshape(1, -1)).ravel()
 
         return LinearOperator((self.m, self.n), matvec=matvec, rmatvec=rmatvec, dtype=np.float64)

@@ -15,15 +15,18 @@ previous ones left unverified:
    the backward pass verifies nothing at all, the exact decision is asked before stages 2
    and 3: a proof ends the run there.
 
-On a large run auto also checks that this route pays: the backward route is timed on a pilot
-of one chunk (``--chunk-size`` samples, the size every later batch has, after one chunk of
-warm-up, so the rate is the steady one), and when the rest of the run would take it longer
-than ``SWITCH_WORTH`` seconds (more than the forward pass's one-time conversion costs), the
-forward pass is timed on another chunk and the rest of the run takes whichever verified more
-samples per second. The
-backward pass is the same Newton iteration as the forward pass where a chain needs one, in
-numpy instead of torch, and some deep nets favour the forward pass; auto should never cost
-much more than the better of the two.
+Before that, auto settles the route for the run as a small portfolio: the backward route
+(stages 1-4) is piloted on a few samples (one chunk after a warm-up chunk on a large run, an
+eighth of the samples on a small one) under a time cap (``PILOT_CAP`` seconds, or
+``PILOT_MODEL_RUNS`` onnxruntime runs of the pilot, whichever is longer). When it verifies the
+whole pilot and the rest of the run would take it less than ``SWITCH_WORTH`` seconds, it goes
+on alone. Otherwise the forward pass (whole-model LM, dense or matrix-free as its memory
+estimate decides) is piloted on as many samples, capped at the time the backward pilot took
+when that one verified everything, and the rest of the run goes to the route that verified
+more samples per second. A route that cannot fit the memory budget (or cannot be converted
+for Jacobians at all) drops out before it is timed. Verified pilot samples are kept; the
+others are solved again by the chosen route. The choice is timed, so it can depend on the
+machine's load: ``--method backward`` or ``--method forward`` pins a route.
 
 When the plan's LM on a block cannot fit the memory budget (a block may have more outputs than
 the whole model), the forward pass solves the whole model instead, with a note.
@@ -36,13 +39,16 @@ from functools import cached_property
 
 import numpy as np
 
-from ..errors import MemoryBudgetError
+from ..errors import ConversionError, MemoryBudgetError, set_deadline
 from .backward.solver import BackwardSolver
 from .base import Solver, SolverOutcome
 from .exact.solver import ExactSolver
 from .forward.solver import ForwardSolver, concatenate
 
-PILOTS = 8  # a run of at least this many chunks times both routes (two chunks each)
+PILOTS = 8  # a run of at least this many chunks pilots on whole chunks, after a warm-up chunk
+PILOT_SHARE = 8  # a smaller run pilots on this share of its samples (at least one)
+PILOT_CAP = 3.0  # seconds the backward pilot may take at least before it is cut short...
+PILOT_MODEL_RUNS = 100  # ... or this many onnxruntime runs of its samples, if longer
 SWITCH_WORTH = 5.0  # seconds the backward route would still take before the forward is tried
 AGAIN = 2  # rounds of fresh backward draws for what a partly successful batch left
 
@@ -67,41 +73,100 @@ class AutoSolver(Solver):
     def solve(self, k, rng, x0=None, on_progress=None) -> SolverOutcome:
         if self.backward is None or self.route == "forward":
             return self._forward_route(k, rng, on_progress)
-        if self.route is None and k >= PILOTS * self.problem.settings.chunk_size:
-            return self._pilot(k, rng, on_progress)
-        return self._backward_route(k, rng, on_progress)
+        if k == 0:
+            return SolverOutcome.unsolved(np.zeros((0, self.problem.n)), self.name)
+        if self.route == "backward":
+            return self._backward_route(k, rng, on_progress)
+        return self._pilot(k, rng, on_progress)
 
     def _pilot(self, k, rng, on_progress) -> SolverOutcome:
-        """Time both routes on one chunk each (after one chunk of warm-up); the faster goes on.
+        """Settle the route on pilot samples (see the module's docstring), then solve the rest.
 
-        A route's first chunk pays one-time costs (the chain pass tries both box strategies,
-        torch warms up), so each route's rate is taken on its second chunk.
+        On a large run each route's first chunk pays one-time costs (the chain pass tries both
+        box strategies, torch warms up), so the backward route is timed on its second chunk.
         """
-        pilot = self.problem.settings.chunk_size
-        done = [self._backward_route(pilot, rng, on_progress)]
-        rate = self._rate(done, lambda: self._backward_route(pilot, rng, on_progress))
-        left = k - 2 * pilot
-        if self.backward is None or (rate > 0 and left / rate < SWITCH_WORTH):
-            self.route = "backward" if self.backward is not None else "forward"
-            return concatenate([*done, self.solve(left, rng, on_progress=on_progress)])
-        self.forward.prepare()  # the conversion is paid once, whichever route wins
-        done.append(self._forward_route(pilot, rng, on_progress))
-        forward_rate = self._rate(done, lambda: self._forward_route(pilot, rng, on_progress))
+        size = self.problem.settings.chunk_size
+        large = k >= PILOTS * size
+        pilot = size if large else max(1, k // PILOT_SHARE)
+        done = [self._backward_route(pilot, rng, on_progress)] if large else []
+        start = time.perf_counter()
+        back = self._capped(self._cap(pilot), lambda: self._backward_route(pilot, rng, on_progress))
+        seconds = time.perf_counter() - start
+        done.append(back)
+        verified = int(back.verification.verified.sum())
+        rate = verified / seconds
+        if self.backward is None:  # (the plan did not fit the memory budget)
+            self.route = "forward"
+            return self._rest(done, k, rng, on_progress)
+        left = k - self._kept(done)
+        if verified == pilot and left / rate < SWITCH_WORTH:
+            self.route = "backward"
+            return self._rest(done, k, rng, on_progress)
+        cap = seconds if verified == pilot else None  # the forward must beat a full pilot
+        second = min(pilot, k - self._kept(done))  # (never more samples than were asked for)
+        start = time.perf_counter()
+        try:
+            self.forward.prepare()  # the conversion is paid once, whichever route wins
+            ahead = self._capped(cap, lambda: self._forward_route(second, rng, on_progress))
+        except (MemoryBudgetError, ConversionError) as exc:
+            self.route = "backward"
+            self.problem.notes.append(f"auto kept the backward route: the forward pass {exc}")
+            return self._rest(done, k, rng, on_progress)
+        forward_rate = ahead.verification.verified.sum() / (time.perf_counter() - start)
+        done.append(ahead)
         # (Neither reached anything: the forward route alone, since the backward one ends in
         # LM from fresh starts anyway.)
         self.route = "forward" if forward_rate > rate or forward_rate == rate == 0 else "backward"
         self.problem.notes.append(
-            f"auto timed both routes on {pilot} samples each ({rate:.0f} verified/s backward, "
-            f"{forward_rate:.0f}/s forward) and solved the rest by the {self.route} route"
+            f"auto timed both routes on {pilot} sample{'s' * (pilot > 1)} each "
+            f"({rate:.3g} verified/s backward, {forward_rate:.3g}/s forward) and solved the "
+            f"rest by the {self.route} route"
         )
-        return concatenate([*done, self.solve(left - 2 * pilot, rng, on_progress=on_progress)])
+        return self._rest(done, k, rng, on_progress)
+
+    def _rest(self, done: list[SolverOutcome], k: int, rng, on_progress) -> SolverOutcome:
+        """The pilots' verified samples, and the rest of the ``k`` by the chosen route (the
+        pilots' unverified samples stay when the deadline has passed: nothing replaces them)."""
+        kept = [_subset(out, out.verification.verified) for out in done]
+        if self.problem.expired():
+            # Out of time: the verified samples, then the best of the rest, then random starts.
+            tried = [_subset(out, ~out.verification.verified) for out in done]
+            every = concatenate([*kept, *tried])
+            if len(every.x) >= k:
+                return _subset(every, np.arange(len(every.x)) < k)
+            late = SolverOutcome.unsolved(
+                self.problem.starts(rng)(k - len(every.x)).numpy(), "timed out"
+            )
+            late.verification = self.problem.verify(late.x)
+            return concatenate([every, late])
+        left = k - self._kept(done)
+        return concatenate([*kept, self.solve(left, rng, on_progress=on_progress)])
 
     @staticmethod
-    def _rate(done: list[SolverOutcome], route) -> float:
-        """Verified samples per second of one timed call of ``route``; its outcome joins ``done``."""
-        t = time.perf_counter()
-        done.append(route())
-        return done[-1].verification.verified.sum() / (time.perf_counter() - t)
+    def _kept(done: list[SolverOutcome]) -> int:
+        return int(sum(out.verification.verified.sum() for out in done))
+
+    def _cap(self, k: int) -> float:
+        """Seconds the backward pilot on ``k`` samples may take (see ``PILOT_MODEL_RUNS``)."""
+        loaded = self.problem.loaded
+        x = np.zeros((k, *loaded.input_shape), dtype=np.float64)
+        start = time.perf_counter()
+        loaded.run(x)
+        return max(PILOT_CAP, PILOT_MODEL_RUNS * (time.perf_counter() - start))
+
+    def _capped(self, seconds: float | None, route):
+        """``route()`` with the problem's deadline brought forward to ``seconds`` from now."""
+        p = self.problem
+        saved = p.deadline
+        if seconds is not None:
+            cap = time.monotonic() + seconds
+            p.deadline = cap if saved is None else min(saved, cap)
+            set_deadline(p.deadline)
+        try:
+            return route()
+        finally:
+            p.deadline = saved
+            set_deadline(saved)
 
     def _forward_route(self, k, rng, on_progress) -> SolverOutcome:
         out = self.forward.solve(k, rng, on_progress=on_progress)
@@ -114,9 +179,10 @@ class AutoSolver(Solver):
             return self._forward_route(k, rng, on_progress)
         try:
             out = self.backward.solve(k, rng, on_progress=on_progress)
-        except MemoryBudgetError as exc:
+        except (MemoryBudgetError, ConversionError) as exc:
             # A block's LM (its outputs × its inputs) does not fit where the whole model's
-            # may (fewer outputs): solve the whole model instead, from now on.
+            # may (fewer outputs), or a block cannot be converted for Jacobians: solve the
+            # whole model instead, from now on.
             self.backward = None
             self.problem.notes.append(
                 f"the plan was abandoned ({exc}); the forward pass solved instead"
@@ -129,13 +195,25 @@ class AutoSolver(Solver):
         if 0 < pending.size < len(out.x):
             self._again_backward(out, pending, rng)
             pending = np.flatnonzero(~check.verified)
-        if pending.size:
+        if pending.size and self._lm_possible():
             self._polish(out, pending, rng)
             check.replace(pending, self.problem.verify(out.x[pending]))
             pending = np.flatnonzero(~check.verified)
         if pending.size and self.exact is not None:
             self._exact(out, pending, rng)
         return out
+
+    def _lm_possible(self) -> bool:
+        """Whether LM can run on the whole model (its Jacobians: converted, or differences
+        cheap enough); when not, the backward pass's samples are what there is, with a note."""
+        try:
+            self.forward.prepare()
+        except ConversionError as exc:
+            note = f"no LM polish: {exc}"
+            if note not in self.problem.notes:
+                self.problem.notes.append(note)
+            return False
+        return True
 
     def _again_backward(self, out: SolverOutcome, idx: np.ndarray, rng) -> None:
         """Fresh backward draws for samples ``idx`` that the pass left unverified while it
@@ -216,3 +294,16 @@ class AutoSolver(Solver):
         """Replacements for repeated samples come from fresh forward starts (the plan's
         choices may be deterministic)."""
         return self.forward.run(k, rng)
+
+
+def _subset(out: SolverOutcome, keep: np.ndarray) -> SolverOutcome:
+    """The samples of ``out`` selected by the mask ``keep``, with their check."""
+    return SolverOutcome(
+        out.x[keep],
+        out.error[keep],
+        out.iterations[keep],
+        [p for p, k in zip(out.paths, keep, strict=True) if k],
+        list(out.notes),
+        verification=out.verification.subset(keep),
+        timed_out=out.timed_out,
+    )

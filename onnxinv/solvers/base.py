@@ -175,7 +175,6 @@ class ModelProblem(Problem):
             if self.prior.min() < lo or self.prior.max() > hi:
                 self.notes.append("the prior lies partly outside --bounds: starts are clipped")
         self._registry = registry
-        self.plan_info: list[str] | None = None
         self.jacobian_sources: set[str] = set()
         #: Analyses that several solvers of one run share, built by the first that needs one
         #: (the exact solver's, keyed by :data:`onnxinv.solvers.exact.analysis.CACHE_KEY`).
@@ -197,12 +196,21 @@ class ModelProblem(Problem):
     @cached_property
     def partition(self):
         """The graph's invertible and opaque blocks (and the plan's description for reports)."""
-        from ..partition.blocks import describe, partition
+        from ..partition.blocks import partition
 
         set_phase("while partitioning the graph")
-        part = partition(self.loaded, self.registry, self.settings.seed)
-        self.plan_info = [line.strip() for line in describe(part, self.settings.max_condition)]
-        return part
+        return partition(self.loaded, self.registry, self.settings.seed)
+
+    @property
+    def plan_info(self) -> list[str] | None:
+        """The partition's description for reports, if a solver partitioned the graph (large
+        affine maps are not probed for being onto here: see ``describe``)."""
+        if "partition" not in self.__dict__:
+            return None
+        from ..partition.blocks import describe
+
+        return [line.strip() for line in describe(self.partition, self.settings.max_condition,
+                                                  probe=False)]  # fmt: skip
 
     @cached_property
     def chain(self) -> tuple[list, list] | None:

@@ -87,6 +87,10 @@ TRIAL = 16  # samples each box strategy is tried on before the cheaper one goes 
 JACOBIAN_DTYPE = np.float32  # per-sample Jacobian rows (see ChainSolver.jacobian)
 SHARED_RATE = 0.3  # the batch-shared Jacobian's steps go on while they cut |r| at least this much
 SHARED_UNTIL = 1e-6  # ... and until the median |r| (relative) is this small
+#: Entries of :func:`column_outers` (columns × rows²) at most: past this the per-column outer
+#: products of a shared Jacobian cost more memory than the per-sample products they replace
+#: (a patch embedding with a class token: 784 columns × 1088² rows is 7 GB per sample).
+OUTERS_LIMIT = 2**24
 
 
 def _scatter(g: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
@@ -376,7 +380,7 @@ class ChainSolver:
                 # outwards is frozen; the others move, and the trial point is projected.
                 g = _times_t(J, _violation(r[idx], hinge))
                 w[((xa <= lo) & (g > 0)) | ((xa >= hi) & (g < 0))] = 0.0
-            virtual = len(J) == 1 and not (projected or lo is None)
+            virtual = len(J) == 1 and not (projected or lo is None) and outers_fit(J)
             if virtual:
                 # One J for all, per-sample W: J W Jᵀ for every W in one product, and
                 # W Jᵀ y below as W (Jᵀ y); the (k, q, n) stack J W is never formed.
@@ -537,7 +541,7 @@ def box_step(J, A, r, x, lo, hi, mu) -> np.ndarray:
     if free.all():
         return u
     # One Jacobian shared by the batch (a linear chain): J W Jᵀ for every W in one product.
-    shared = _column_outers(J[0]) if len(J) == 1 else None
+    shared = _column_outers(J[0]) if len(J) == 1 and outers_fit(J) else None
     if shared is not None:
         H = _weighted_gram(free, shared)
     else:
@@ -556,6 +560,13 @@ def box_step(J, A, r, x, lo, hi, mu) -> np.ndarray:
             H = H + _outer_sum(J, now != free, now)  # (+ freed, − newly clipped)
         free = now
     return np.clip(u, a, b)
+
+
+def outers_fit(J: np.ndarray) -> bool:
+    """Whether :func:`_column_outers` of the (1, q, n) Jacobian ``J`` stays within
+    :data:`OUTERS_LIMIT` entries (else J W Jᵀ is formed per sample)."""
+    _, q, n = J.shape
+    return n * q * q <= OUTERS_LIMIT
 
 
 def _column_outers(J: np.ndarray) -> np.ndarray:

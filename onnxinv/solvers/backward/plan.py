@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ...errors import MemoryBudgetError
+from ...errors import DeadlineReached, MemoryBudgetError
 from ...load import runtime
 from ...load.model import extract
 from ...objective import Objective, softmax
@@ -107,7 +107,7 @@ class BackwardPass:
             problem.objective,
             problem.settings,
         )
-        self.bounds, self.deadline = problem.bounds, problem.deadline
+        self.bounds = problem.bounds
         self.sizes = {t: int(np.prod(s)) for t, s in part.shapes.items()}
         self.ibp: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         first = part.blocks[0] if part.blocks else None
@@ -117,6 +117,7 @@ class BackwardPass:
             self.ibp = interval_bounds(first.steps, np.full(n, bounds[0]), np.full(n, bounds[1]))
         self._submodels: dict[tuple[str, str], onnx.ModelProto] = {}
         self._modules: dict[tuple[str, str], object] = {}
+        self._why: dict[tuple[str, str], str | None] = {}  # why a block has no torch module
         self._runners: dict[tuple[str, str], object] = {}
         self.used_lm = False
         self.notes: list[str] = []
@@ -276,13 +277,14 @@ class BackwardPass:
         key = (src, dst)
         if key not in self._modules:
             self._modules[key], note = convert_or_note(self._submodel(src, dst))
+            self._why[key] = note
             self.notes += [note] if note else []
         batched = self.loaded.batched
         sample = self.part.shapes[src]
         shape = (-1, *sample) if batched else self.loaded.feed_shape(sample)
         residual = make_residual(
             self._modules[key], objective, self._runner(src, dst), sample, shape, batched,
-            self.settings.device,
+            self.settings.device, why=self._why.get(key),
         )  # fmt: skip
         self.jacobian_sources.add(residual.jacobian_source)
         at_input = src == self.part.input
@@ -331,6 +333,11 @@ class BackwardPass:
             return draw
 
         return make
+
+    @property
+    def deadline(self) -> float | None:
+        """The problem's deadline, read when used (auto caps it during its pilots)."""
+        return self.problem.deadline
 
     def _expired(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
@@ -388,7 +395,11 @@ class BackwardPass:
     # -- the whole plan ---------------------------------------------------------------------------
     def run(self, b: int, rng: np.random.Generator) -> BackwardOutcome:
         iterations = np.zeros(b, dtype=np.int64)  # (LM's, per sample)
-        out = self._run(b, rng, iterations)
+        try:
+            out = self._run(b, rng, iterations)
+        except DeadlineReached:  # (inside an iterative pseudo-inverse): random inputs, flagged
+            x = Starts(self.sizes[self.part.input], rng, self.bounds, self.settings.init_std)(b)
+            out = BackwardOutcome(x.numpy(), np.zeros(b, dtype=bool))
         out.iterations = iterations
         return out
 
@@ -408,6 +419,7 @@ class BackwardPass:
                 x = Starts(n, rng, self.bounds, self.settings.init_std)(b).numpy()
                 return BackwardOutcome(x, np.zeros(b, dtype=bool))
             if block is self.part.blocks[0] and self._chain is not None:
+                self._chain.deadline = self.deadline  # (auto's pilots cap it for a while)
                 x, ok = self._chain.solve(fam, rng)
                 exact &= ok & (fam.residual <= EXACT_RESIDUAL)
                 return BackwardOutcome(x, exact)

@@ -16,6 +16,12 @@ first, long steps then land on a corner of the box. The trial point is projected
 (round-off only). A step is accepted only when it lowers the residual norm, so the method is
 monotone; the step is computed in the space of the coordinates that can actually move.
 
+Two forms of the linear model (:mod:`.operators`): dense Jacobians, one backward pass per
+residual, and a direct solve; or, matrix-free, Jacobian–vector and vector–Jacobian products at
+the current point and conjugate gradients on the same damped system, when the dense Jacobian
+would not fit the memory budget or has many rows (:func:`matrix_free_for`). The matrix-free
+form holds a few copies of the model's activations per sample instead of m·n numbers.
+
 Samples that stall (λ blown up, or the iteration cap reached without converging) restart from a
 fresh random point; the best point of all attempts is kept.
 """
@@ -28,8 +34,22 @@ from dataclasses import dataclass
 
 import torch
 
-from ...errors import MemoryBudgetError
-from ..residual import DeadlineReached, Residual
+from ...errors import DeadlineReached, MemoryBudgetError
+from ...settings import JACOBIAN_MODES
+from ..residual import Residual
+from .operators import CG_MAX_ITER, GRAM_BLOCK, DenseOperator, damped_step
+
+__all__ = [
+    "GRAM_BLOCK",
+    "LMOutcome",
+    "LMSettings",
+    "box_step",
+    "damped_step",
+    "levenberg_marquardt",
+    "matrix_free_for",
+    "per_sample_bytes",
+    "slice_size",
+]
 
 LAMBDA_MIN = 1e-12
 LAMBDA_MAX = 1e10
@@ -47,6 +67,7 @@ class LMSettings:
         lam0: initial relative damping.
         deadline: ``time.monotonic()`` value after which the solver returns what it has.
         max_memory: bytes the Jacobians may take; larger batches are solved in slices.
+        jacobian: ``"auto"``, ``"dense"`` or ``"matrix-free"`` (see :func:`matrix_free_for`).
     """
 
     tol: float
@@ -56,69 +77,20 @@ class LMSettings:
     lam0: float = 1e-3
     deadline: float | None = None
     max_memory: int | None = None
+    jacobian: str = "auto"
 
 
 @dataclass
 class LMOutcome:
-    """Per-sample results: best point, its error, iterations used, whether solved."""
+    """Per-sample results: best point, its error, iterations used, whether solved; and
+    whether the steps came from products (matrix-free) instead of Jacobians."""
 
     x: torch.Tensor
     residual: torch.Tensor
     iterations: torch.Tensor
     converged: torch.Tensor
     timed_out: bool = False
-
-
-#: Jacobian entries per Gram-matrix block: larger products are summed block by block, with
-#: the deadline checked between blocks, so one step on a huge model can be interrupted.
-GRAM_BLOCK = 2**25
-
-
-def _gram(jac: torch.Tensor, deadline: float | None) -> torch.Tensor:
-    """``jac @ jacᵀ`` (B, m, m), over column blocks when the product is large."""
-    b, m, n = jac.shape
-    if b * m * n <= GRAM_BLOCK:
-        return jac @ jac.transpose(1, 2)
-    width = max(1, GRAM_BLOCK // max(1, b * m))
-    a = torch.zeros((b, m, m), dtype=jac.dtype, device=jac.device)
-    for j in range(0, n, width):
-        if deadline is not None and time.monotonic() > deadline:
-            raise DeadlineReached
-        part = jac[:, :, j : j + width]
-        a += part @ part.transpose(1, 2)
-    return a
-
-
-def damped_step(
-    jac: torch.Tensor,
-    r: torch.Tensor,
-    lam: torch.Tensor,
-    free: torch.Tensor | None = None,
-    deadline: float | None = None,
-) -> torch.Tensor:
-    """The LM step for each sample: minimum-norm form when m ≤ n, normal equations otherwise.
-
-    Args:
-        jac: (B, m, n) Jacobians.
-        r: (B, m) residuals.
-        lam: (B,) relative damping.
-        free: optional (B, n) mask of coordinates allowed to move.
-        deadline: ``time.monotonic()`` value; past it a long product raises DeadlineReached.
-    """
-    if free is not None:
-        jac = jac * free[:, None, :].to(jac.dtype)
-    b, m, n = jac.shape
-    if m <= n:
-        a = _gram(jac, deadline)
-        scale = torch.diagonal(a, dim1=1, dim2=2).mean(1).clamp_min(1e-300)
-        a = a + (lam * scale)[:, None, None] * torch.eye(m, dtype=jac.dtype, device=jac.device)
-        y = torch.linalg.solve(a, r.unsqueeze(-1))
-        return -(jac.transpose(1, 2) @ y).squeeze(-1)
-    a = jac.transpose(1, 2) @ jac
-    scale = torch.diagonal(a, dim1=1, dim2=2).mean(1).clamp_min(1e-300)
-    a = a + (lam * scale)[:, None, None] * torch.eye(n, dtype=jac.dtype, device=jac.device)
-    g = jac.transpose(1, 2) @ r.unsqueeze(-1)
-    return -torch.linalg.solve(a, g).squeeze(-1)
+    matrix_free: bool = False
 
 
 #: Rounds of :func:`box_step`: each stops the coordinates the step pushes past a bound.
@@ -126,7 +98,7 @@ BOX_ROUNDS = 5
 
 
 def box_step(
-    jac: torch.Tensor,
+    jac,
     r: torch.Tensor,
     lam: torch.Tensor,
     free: torch.Tensor,
@@ -138,22 +110,24 @@ def box_step(
 ) -> torch.Tensor:
     """The damped step under the box ``lo ≤ x + dx ≤ hi``, for each sample.
 
-    The free coordinates' step is :func:`damped_step`; coordinates it carries past a bound stop
-    on the bound (a partial move, ``bound − x``), leave the free set, and the remaining free
-    coordinates solve the damped system again for the residual the linear model predicts after
-    the stopped moves, ``r + J·dx_stopped``. After ``rounds`` rounds whatever still crosses a
-    bound is left to the caller's projection.
+    The free coordinates' step is the operator's damped step; coordinates it carries past a
+    bound stop on the bound (a partial move, ``bound − x``), leave the free set, and the
+    remaining free coordinates solve the damped system again for the residual the linear model
+    predicts after the stopped moves, ``r + J·dx_stopped``. After ``rounds`` rounds whatever
+    still crosses a bound is left to the caller's projection.
 
     Args:
-        jac, r, lam: as for :func:`damped_step`.
+        jac: (B, m, n) Jacobians, or an operator (:mod:`.operators`) standing for them.
+        r, lam: as for :func:`damped_step`.
         free: (B, n) coordinates allowed to move (the active set already removed).
         x: (B, n) current points, inside the box.
         lo, hi: the box.
         deadline: as for :func:`damped_step`.
         rounds: at most this many solves per sample.
     """
+    op = DenseOperator(jac) if isinstance(jac, torch.Tensor) else jac
     free = free.clone()
-    dx = damped_step(jac, r, lam, free, deadline)
+    dx = op.damped_step(r, lam, free, deadline)
     stopped = torch.zeros_like(dx)
     todo = torch.arange(len(x))
     for _ in range(rounds - 1):
@@ -165,9 +139,9 @@ def box_step(
         todo, out, x_new = todo[crossing], out[crossing], x_new[crossing]
         stopped[todo] = torch.where(out, x_new.clamp(lo, hi) - x[todo], stopped[todo])
         free[todo] = free[todo] & ~out
-        jt = jac[todo]
-        rt = r[todo] + (jt @ stopped[todo].unsqueeze(-1)).squeeze(-1)
-        dx[todo] = stopped[todo] + damped_step(jt, rt, lam[todo], free[todo], deadline)
+        part = op.rows(todo)
+        rt = r[todo] + part.matvec(stopped[todo])
+        dx[todo] = stopped[todo] + part.damped_step(rt, lam[todo], free[todo], deadline)
     return dx
 
 
@@ -184,19 +158,60 @@ def _size(nbytes: float) -> str:
     return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
-def slice_size(m: int, n: int, max_memory: int | None) -> int | None:
+def slice_size(m: int, n: int, max_memory: int | None, need: int | None = None) -> int | None:
     """How many samples one LM slice may hold under ``max_memory`` (None: no limit).
+
+    ``need`` is one sample's bytes (default: :func:`per_sample_bytes`, the dense Jacobian's).
 
     Raises:
         MemoryBudgetError: not even one sample fits.
     """
     if max_memory is None:
         return None
-    need = per_sample_bytes(m, n)
+    need = per_sample_bytes(m, n) if need is None else need
     if need > max_memory:
         raise MemoryBudgetError(
             f"one sample's Jacobian ({m} outputs x {n} inputs) needs {_size(need)}, "
             f"more than the --max-memory budget of {_size(max_memory)}"
+        )
+    return max(1, max_memory // need)
+
+
+#: ``auto`` forms dense Jacobians for at most this many residuals: a dense Jacobian costs one
+#: backward pass per residual, a matrix-free step about two products per CG iteration.
+DENSE_MAX_ROWS = 2 * CG_MAX_ITER
+
+
+def matrix_free_for(residual: Residual, mode: str, max_memory: int | None) -> bool:
+    """Whether LM on ``residual`` computes its steps from products instead of Jacobians.
+
+    ``mode`` ``"dense"``/``"matrix-free"`` forces one (matrix-free needs a residual with
+    ``linearise``: autograd on a converted model); ``"auto"`` goes matrix-free when the dense
+    Jacobian would not fit ``max_memory`` or has more than :data:`DENSE_MAX_ROWS` rows.
+    """
+    if mode not in JACOBIAN_MODES:
+        raise ValueError(f"jacobian mode must be one of {JACOBIAN_MODES}, not {mode!r}")
+    possible = hasattr(residual, "linearise")
+    if mode != "auto":
+        return mode == "matrix-free" and possible
+    fits = max_memory is None or per_sample_bytes(residual.m, residual.n) <= max_memory
+    return possible and (not fits or residual.m > DENSE_MAX_ROWS)
+
+
+def matrix_free_width(residual, max_memory: int | None) -> int | None:
+    """Samples per matrix-free slice under ``max_memory``: each holds a few copies of the
+    model's activations (``residual.linearisation_bytes()``) and some vectors.
+
+    Raises:
+        MemoryBudgetError: one sample's forward pass does not fit.
+    """
+    if max_memory is None:
+        return None
+    need = residual.linearisation_bytes() + 8 * 16 * (residual.m + residual.n)
+    if need > max_memory:
+        raise MemoryBudgetError(
+            f"one sample's forward and backward pass needs {_size(need)}, more than the "
+            f"--max-memory budget of {_size(max_memory)}"
         )
     return max(1, max_memory // need)
 
@@ -213,7 +228,7 @@ def levenberg_marquardt(
     """Solve ``residual(x) = 0`` for every row of ``x0`` (B, n).
 
     The batch is solved in slices that fit ``settings.max_memory``; the deadline is checked
-    between iterations and inside Jacobian evaluations.
+    between iterations and inside Jacobian evaluations and CG iterations.
 
     Args:
         residual: the residual provider.
@@ -224,33 +239,78 @@ def levenberg_marquardt(
         on_finish: called with the number of samples that just finished (for progress bars).
     """
     residual.deadline = settings.deadline
-    width = slice_size(residual.m, residual.n, settings.max_memory) or len(x0)
-    if len(x0) <= width:
-        return _solve(residual, x0, settings, new_start, lo, hi, on_finish, 0)
+    free = matrix_free_for(residual, settings.jacobian, settings.max_memory)
+    if free:
+        width = matrix_free_width(residual, settings.max_memory) or len(x0)
+    else:
+        width = slice_size(residual.m, residual.n, settings.max_memory) or len(x0)
+    store = _MatrixFree if free else _Dense
     parts = [
-        _solve(residual, x0[i : i + width], settings, new_start, lo, hi, on_finish, i)
+        _solve(store(residual), x0[i : i + width], settings, new_start, lo, hi, on_finish, i)
         for i in range(0, len(x0), width)
     ]
+    if len(parts) == 1:
+        return parts[0]
     return LMOutcome(
         torch.cat([p.x for p in parts]),
         torch.cat([p.residual for p in parts]),
         torch.cat([p.iterations for p in parts]),
         torch.cat([p.converged for p in parts]),
         any(p.timed_out for p in parts),
+        parts[0].matrix_free,
     )
 
 
-def _solve(residual, x0, settings, new_start, lo, hi, on_finish, offset) -> LMOutcome:
+class _Dense:
+    """Linear models as (B, m, n) Jacobians, refreshed where the points move."""
+
+    matrix_free = False
+
+    def __init__(self, residual: Residual):
+        self.residual = residual
+        self.jac: torch.Tensor | None = None
+
+    def start(self, x, index) -> torch.Tensor:
+        r, self.jac = self.residual.value_and_jacobian(x, index)
+        return r
+
+    def refresh(self, rows, x, index, r_known=None) -> torch.Tensor:
+        r, self.jac[rows] = self.residual.value_and_jacobian(x, index)
+        return r
+
+    def operator(self, rows, x, index):
+        return DenseOperator(self.jac[rows])
+
+
+class _MatrixFree:
+    """Linear models as products at the current points: linearised when a step is taken."""
+
+    matrix_free = True
+
+    def __init__(self, residual: Residual):
+        self.residual = residual
+
+    def start(self, x, index) -> torch.Tensor:
+        return self.residual.value(x, index)
+
+    def refresh(self, rows, x, index, r_known=None) -> torch.Tensor:
+        return self.residual.value(x, index) if r_known is None else r_known
+
+    def operator(self, rows, x, index):
+        return self.residual.linearise(x, index)
+
+
+def _solve(model, x0, settings, new_start, lo, hi, on_finish, offset) -> LMOutcome:
     """LM on one slice; rows are samples ``offset ...`` of the whole batch."""
     bounded = lo is not None
     x = x0.clone()
     b = x.shape[0]
     try:
-        r, jac = residual.value_and_jacobian(x, torch.arange(b) + offset)
+        r = model.start(x, torch.arange(b) + offset)
     except DeadlineReached:
         inf = torch.full((b,), float("inf"), dtype=x.dtype)
         zeros = torch.zeros(b, dtype=torch.long)
-        return LMOutcome(x, inf, zeros, torch.zeros(b, dtype=torch.bool), True)
+        return LMOutcome(x, inf, zeros, torch.zeros(b, dtype=torch.bool), True, model.matrix_free)
     err_fn = settings.error or _rmax
     rmax = _finite(err_fn(r))
     cost = _cost(r)
@@ -281,7 +341,7 @@ def _solve(residual, x0, settings, new_start, lo, hi, on_finish, offset) -> LMOu
             lam[idx] = settings.lam0
             x[idx] = new_start(len(idx)).to(x.dtype)
             try:
-                r[idx], jac[idx] = residual.value_and_jacobian(x[idx], idx + offset)
+                r[idx] = model.refresh(idx, x[idx], idx + offset)
             except DeadlineReached:
                 timed_out = True  # the fresh starts have no residual: keep the best points
                 x[idx], rmax[idx] = best_x[idx], best_r[idx]
@@ -294,23 +354,23 @@ def _solve(residual, x0, settings, new_start, lo, hi, on_finish, offset) -> LMOu
         if settings.deadline is not None and time.monotonic() > settings.deadline:
             timed_out = True
             break
-        xa, ra, ja = x[active], r[active], jac[active]
-        free = None
-        if bounded:
-            g = (ja.transpose(1, 2) @ ra.unsqueeze(-1)).squeeze(-1)
-            free = ~(((xa <= lo) & (g > 0)) | ((xa >= hi) & (g < 0)))
+        xa, ra = x[active], r[active]
         try:
+            op = model.operator(active, xa, active + offset)
             if bounded:
-                dx = box_step(ja, ra, lam[active], free, xa, lo, hi, settings.deadline)
+                g = op.rmatvec(ra)
+                free = ~(((xa <= lo) & (g > 0)) | ((xa >= hi) & (g < 0)))
+                dx = box_step(op, ra, lam[active], free, xa, lo, hi, settings.deadline)
             else:
-                dx = damped_step(ja, ra, lam[active], free, settings.deadline)
+                dx = op.damped_step(ra, lam[active], None, settings.deadline)
         except DeadlineReached:
             timed_out = True
             break
+        del op  # (a matrix-free operator holds the batch's autograd graph)
         x_try = xa + dx
         if bounded:
             x_try = x_try.clamp(lo, hi)
-        r_try = residual.value(x_try, active + offset)
+        r_try = model.residual.value(x_try, active + offset)
         cost_try = _cost(r_try)
         ok = torch.isfinite(cost_try) & (cost_try < cost[active])
         it_attempt[active] += 1
@@ -321,7 +381,7 @@ def _solve(residual, x0, settings, new_start, lo, hi, on_finish, offset) -> LMOu
             lam[acc] = (lam[acc] / 3.0).clamp_min(LAMBDA_MIN)
             x[acc] = x_try[ok]
             try:
-                r[acc], jac[acc] = residual.value_and_jacobian(x[acc], acc + offset)
+                r[acc] = model.refresh(acc, x[acc], acc + offset, r_try[ok])
             except DeadlineReached:
                 timed_out = True  # x moved without its residual: keep the best point instead
                 x[acc] = best_x[acc]
@@ -331,7 +391,9 @@ def _solve(residual, x0, settings, new_start, lo, hi, on_finish, offset) -> LMOu
 
     better = rmax < best_r
     best_x[better], best_r[better] = x[better], rmax[better]
-    return LMOutcome(best_x, best_r, iterations, best_r <= settings.tol, timed_out)
+    return LMOutcome(
+        best_x, best_r, iterations, best_r <= settings.tol, timed_out, model.matrix_free
+    )
 
 
 def _rmax(r: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ class ForwardSolver(Solver):
             restarts=s.restarts if restarts is None else restarts,
             deadline=p.deadline,
             max_memory=p.max_memory,
+            jacobian=s.jacobian,
         )
 
     def solve_chunk(
@@ -46,12 +47,20 @@ class ForwardSolver(Solver):
         x0 = starts(k) if x0 is None else x0
         lo, hi = p.bounds if p.bounds is not None else (None, None)
         try:
-            return levenberg_marquardt(
+            out = levenberg_marquardt(
                 p.residual, x0.to(torch.float64), self.lm_settings(restarts), starts, lo, hi,
                 on_progress,
             )  # fmt: skip
         except MemoryBudgetError as exc:
             raise MemoryBudgetError(f"{exc}, for LM on {p.name}") from None
+        if out.matrix_free:
+            note = (
+                f"LM on {p.name} took its steps matrix-free ({p.residual.m} residuals x "
+                f"{p.residual.n} inputs: conjugate gradients on Jacobian-vector products)"
+            )
+            if note not in p.notes:
+                p.notes.append(note)
+        return out
 
     def solve(self, k, rng, x0=None, on_progress=None) -> SolverOutcome:
         """``k`` samples in chunks of ``chunk_size`` (memory: one chunk's Jacobians at once).
