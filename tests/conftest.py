@@ -85,3 +85,15 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def forward_mode_warm():
+    """The first forward-mode product through ``F.linear`` imports ``torch._dynamo`` (seconds,
+    once per process): paid here, outside the timed tests of matrix-free products."""
+    import torch
+    import torch.autograd.forward_ad as fwad
+
+    with fwad.dual_level():
+        x = fwad.make_dual(torch.ones(1, 2), torch.ones(1, 2))
+        torch.nn.functional.linear(x, torch.ones(1, 2), torch.ones(1))

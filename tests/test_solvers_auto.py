@@ -1,7 +1,10 @@
-"""auto on large runs: both routes timed on a pilot, the faster one solves the rest.
+"""auto's route: the backward route piloted on a few samples, the forward pass timed against it
+when that is worth it, and the faster route solving the rest.
 
 The core assertion stays onnxruntime's: whichever route each sample took, every returned input
-gives the target. Which route is faster is made unambiguous by slowing one of them down.
+gives the target (:func:`helpers.assert_solved`). Which route is faster is made unambiguous by
+slowing one down (a sleep per sample); the calls each solver receives show the pilot's shape:
+``k // PILOT_SHARE`` samples on a small run, a warm-up chunk and a timed chunk on a large one.
 """
 
 from __future__ import annotations
@@ -13,98 +16,269 @@ import pytest
 from helpers import MODELS, assert_solved, reachable_distribution
 
 from onnxinv import invert
+from onnxinv.errors import ConversionError, MemoryBudgetError
 from onnxinv.solvers import auto as auto_mod
+from onnxinv.solvers.auto import AutoSolver
 from onnxinv.solvers.backward.solver import BackwardSolver
+from onnxinv.solvers.base import SolverOutcome
 from onnxinv.solvers.forward.solver import ForwardSolver
 
 MODEL = MODELS / "digits_2layer.onnx"
-CHUNK = 32  # the pilot is one chunk
-N = auto_mod.PILOTS * CHUNK + 37  # enough for a pilot, and not a multiple of a chunk
+BOUNDS = (0.0, 1.0)
+SLOW = 0.1  # seconds a sample: a slowed route verifies at most 10 samples a second
+
+#: (samples, chunk size, the backward pilot's calls): a small run pilots on k // PILOT_SHARE
+#: samples; a large one (at least PILOTS chunks) on a warm-up chunk, then a timed one.
+SMALL = pytest.param(64, 256, [8], id="small")
+LARGE = pytest.param(auto_mod.PILOTS * 8 + 5, 8, [8, 8], id="large")
 
 
-def _slowed(monkeypatch, cls, seconds_per_sample: float) -> list[int]:
-    """Make ``cls.solve`` sleep per sample; returns the list of batch sizes it was called with."""
-    calls: list[int] = []
-    original = cls.solve
-
-    def slow(self, k, rng, x0=None, on_progress=None):
-        calls.append(k)
-        time.sleep(seconds_per_sample * k)
-        return original(self, k, rng, x0=x0, on_progress=on_progress)
-
-    monkeypatch.setattr(cls, "solve", slow)
-    return calls
+@pytest.fixture(scope="module", autouse=True)
+def warm():
+    """One forward inversion first: imports onnx2torch and torch's forward-mode machinery
+    (seconds, once per process), so no test's timed pilot pays for them."""
+    target = reachable_distribution(MODEL, "probabilities", seed=5)
+    invert(MODEL, {"distribution": target}, samples=1, bounds=BOUNDS, seed=0, method="forward")
 
 
-@pytest.fixture
-def target():
+@pytest.fixture(scope="module")
+def target() -> np.ndarray:
     return np.array(reachable_distribution(MODEL, "probabilities", seed=2))
 
 
-def test_a_fast_backward_route_solves_everything_without_timing_the_forward(target):
-    result = invert(MODEL, {"distribution": target.tolist()}, samples=N, bounds=(0, 1), seed=0,
-                    chunk_size=CHUNK)  # fmt: skip
-    assert_solved(MODEL, result, target, "probabilities", bounds=(0, 1), n=N)
+def run(target, k: int, chunk: int = 256):
+    result = invert(MODEL, {"distribution": target.tolist()}, samples=k, bounds=BOUNDS, seed=0,
+                    chunk_size=chunk)  # fmt: skip
+    assert_solved(MODEL, result, target, "probabilities", bounds=BOUNDS, n=k)
+    return result
+
+
+def spy(monkeypatch, cls, name: str = "solve", seconds_per_sample: float = 0.0) -> list:
+    """Record the sample counts ``cls.<name>`` is called with, sleeping per sample first."""
+    calls: list[int] = []
+    original = getattr(cls, name)
+
+    def wrapper(self, k, rng, *args, **kwargs):
+        calls.append(k)
+        time.sleep(seconds_per_sample * k)
+        return original(self, k, rng, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, wrapper)
+    return calls
+
+
+def note_with(result, text: str) -> list[str]:
+    return [note for note in result.notes if text in note]
+
+
+# -------------------------------------------------------------------- a fast backward route
+
+
+@pytest.mark.parametrize(
+    ("k", "chunk", "backward"),
+    [
+        pytest.param(8, 256, [1, 7], id="k=8"),  # one pilot sample, then the other seven
+        pytest.param(auto_mod.PILOTS * 32 + 37, 32, [32, 32, 229], id="large"),
+    ],
+)
+def test_a_fast_backward_route_solves_everything_without_the_forward(
+    monkeypatch, target, k, chunk, backward
+):
+    backward_calls = spy(monkeypatch, BackwardSolver)
+    forward_calls = spy(monkeypatch, ForwardSolver)
+    prepared = spy(monkeypatch, ForwardSolver, "prepare")
+    result = run(target, k, chunk)
+    assert backward_calls == backward
+    assert forward_calls == [] and prepared == []
     assert set(result.methods) == {"backward"}
-    assert result.model["jacobians"] == "none"  # the forward pass was never converted
-    assert not any("timed both routes" in note for note in result.notes)
+    assert result.model["jacobians"] == "none"  # the model was never converted
+    assert not note_with(result, "timed both routes")
 
 
-def test_a_slow_backward_route_hands_the_rest_to_the_forward_pass(monkeypatch, target):
-    monkeypatch.setattr(auto_mod, "SWITCH_WORTH", 0.0)  # always worth timing the forward
-    # (20 ms a sample: slower than the forward pass even when other jobs slow that down)
-    backward_calls = _slowed(monkeypatch, BackwardSolver, 2e-2)
-    result = invert(MODEL, {"distribution": target.tolist()}, samples=N, bounds=(0, 1), seed=0,
-                    chunk_size=CHUNK)  # fmt: skip
-    assert_solved(MODEL, result, target, "probabilities", bounds=(0, 1), n=N)
-    assert backward_calls == [CHUNK, CHUNK]  # the pilot only (warm-up and timed)
+# ---------------------------------------------------------------- a slow backward route
+
+
+@pytest.mark.parametrize(("k", "chunk", "pilot_calls"), [SMALL, LARGE])
+def test_a_slow_backward_route_hands_the_rest_to_the_forward_pass(
+    monkeypatch, target, k, chunk, pilot_calls
+):
+    """Ten samples a second at best: the rest would take the backward route over SWITCH_WORTH
+    seconds, so the forward pass is timed on as many samples, wins, and solves the rest. The
+    backward pilot's verified samples are kept, first."""
+    backward_calls = spy(monkeypatch, BackwardSolver, seconds_per_sample=SLOW)
+    forward_calls = spy(monkeypatch, ForwardSolver)
+    result = run(target, k, chunk)
+    pilot = pilot_calls[-1]
+    kept = sum(pilot_calls)
+    assert backward_calls == pilot_calls  # the pilot only
+    assert forward_calls == [pilot, k - kept - pilot]  # its own pilot, then the rest
     paths = np.array(result.methods)
-    assert (paths[: 2 * CHUNK] == "backward").all()
-    assert (paths[2 * CHUNK :] == "forward").all()
-    assert any("by the forward route" in note for note in result.notes)
+    assert (paths[:kept] == "backward").all()
+    assert (paths[kept:] == "forward").all()
+    assert len(note_with(result, "by the forward route")) == 1
 
 
-def test_a_slow_forward_pilot_keeps_the_backward_route(monkeypatch, target):
+def test_the_forward_pilot_is_timed_without_the_one_time_conversion(monkeypatch, target):
+    """A conversion that takes 1 s (as a first one does, with its imports): the forward pass
+    then verifies its 2 pilot samples in a fraction of the 0.2 s the backward pilot took, so
+    it should solve the rest."""
     monkeypatch.setattr(auto_mod, "SWITCH_WORTH", 0.0)
-    forward_calls = _slowed(monkeypatch, ForwardSolver, 5e-3)
-    result = invert(MODEL, {"distribution": target.tolist()}, samples=N, bounds=(0, 1), seed=0,
-                    chunk_size=CHUNK)  # fmt: skip
-    assert_solved(MODEL, result, target, "probabilities", bounds=(0, 1), n=N)
-    assert forward_calls == [CHUNK, CHUNK]
-    paths = np.array(result.methods)
-    assert (paths[2 * CHUNK : 4 * CHUNK] == "forward").all()
-    assert (np.delete(paths, np.s_[2 * CHUNK : 4 * CHUNK]) == "backward").all()
-    assert any("by the backward route" in note for note in result.notes)
+    spy(monkeypatch, BackwardSolver, seconds_per_sample=SLOW)
+    original = ForwardSolver.prepare
+    converted: list[bool] = []
+
+    def slow_conversion(self):
+        if not converted:
+            time.sleep(1.0)
+        converted.append(True)
+        original(self)
+
+    monkeypatch.setattr(ForwardSolver, "prepare", slow_conversion)
+    result = run(target, 16)
+    assert len(note_with(result, "by the forward route")) == 1
 
 
-def test_small_runs_take_the_backward_route_without_a_pilot(monkeypatch, target):
+# ---------------------------------------------------------------- a slow forward pilot
+
+
+@pytest.mark.parametrize(("k", "chunk", "pilot_calls"), [SMALL, LARGE])
+def test_a_slow_forward_pilot_keeps_the_backward_route(monkeypatch, target, k, chunk, pilot_calls):
+    """The forward pilot may take no longer than the backward pilot did (which verified all
+    of its samples): cut there, it verifies nothing, the backward route solves the rest,
+    including the forward pilot's samples again."""
+    monkeypatch.setattr(auto_mod, "SWITCH_WORTH", 0.0)  # always time the forward pass
+    backward_calls = spy(monkeypatch, BackwardSolver)
+    forward_calls = spy(monkeypatch, ForwardSolver, seconds_per_sample=SLOW)
+    result = run(target, k, chunk)
+    pilot = pilot_calls[-1]
+    assert forward_calls == [pilot]
+    assert backward_calls == [*pilot_calls, k - sum(pilot_calls)]
+    assert set(result.methods) == {"backward"}
+    assert len(note_with(result, "by the backward route")) == 1
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        pytest.param(("prepare", ConversionError("Foo has no converter")), id="conversion"),
+        pytest.param(
+            ("solve", MemoryBudgetError("one sample's Jacobian needs 9 GiB")), id="memory"
+        ),
+    ],
+)
+def test_a_forward_pass_that_cannot_run_leaves_the_backward_route(monkeypatch, target, failure):
+    name, error = failure
     monkeypatch.setattr(auto_mod, "SWITCH_WORTH", 0.0)
-    forward_calls = _slowed(monkeypatch, ForwardSolver, 0.0)
-    n = auto_mod.PILOTS * CHUNK - 1
-    result = invert(MODEL, {"distribution": target.tolist()}, samples=n, bounds=(0, 1), seed=0,
-                    chunk_size=CHUNK)  # fmt: skip
-    assert_solved(MODEL, result, target, "probabilities", bounds=(0, 1), n=n)
-    assert forward_calls == []
+
+    def fail(self, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(ForwardSolver, name, fail)
+    backward_calls = spy(monkeypatch, BackwardSolver)
+    result = run(target, 64)
+    assert backward_calls == [8, 56]
+    assert set(result.methods) == {"backward"}
+    assert note_with(result, f"auto kept the backward route: the forward pass {error}")
+    assert not note_with(result, "timed both routes")
 
 
-def test_what_a_partly_successful_backward_batch_left_gets_fresh_backward_draws(
+# ---------------------------------------------------------- a backward route that reaches nothing
+
+
+def test_a_backward_route_that_verifies_nothing_leaves_everything_to_the_forward(
     monkeypatch, target
+):
+    """Every backward route's samples are spoiled (random points of the box): the forward
+    pilot verifies its samples, and the forward pass solves all the others."""
+    route_calls: list[int] = []
+    original = AutoSolver._backward_route
+
+    def spoiled(self, k, rng, on_progress):
+        route_calls.append(k)
+        out = original(self, k, rng, on_progress)
+        out.x = rng.uniform(*BOUNDS, out.x.shape)
+        out.verification = self.problem.verify(out.x)
+        return out
+
+    monkeypatch.setattr(AutoSolver, "_backward_route", spoiled)
+    forward_calls = spy(monkeypatch, ForwardSolver)
+    result = run(target, 16)
+    assert route_calls == [2]  # the pilot only
+    assert forward_calls == [2, 14]
+    assert set(result.methods) == {"forward"}
+    assert len(note_with(result, ": 0 verified/s backward")) == 1
+    assert len(note_with(result, "by the forward route")) == 1
+
+
+# ----------------------------------------------------------------------------- the pilot's cap
+
+
+HANG = 3.0  # seconds a hanging backward pass would run
+
+
+@pytest.mark.parametrize(
+    ("k", "chunk", "pilots"),
+    [
+        pytest.param(16, 256, 1, id="small"),
+        pytest.param(32, 4, 2, id="large"),
+    ],
+)
+def test_the_backward_pilot_is_cut_at_its_cap(monkeypatch, target, k, chunk, pilots):
+    """A backward pass that would run for 3 s stops when the pilot's cap (0.3 s here) brings
+    the deadline forward; the deadline is restored after the pilot, and the forward pass
+    solves every sample."""
+    monkeypatch.setattr(auto_mod, "PILOT_CAP", 0.3)
+    monkeypatch.setattr(auto_mod, "PILOT_MODEL_RUNS", 1)
+    stopped_after: list[float] = []
+
+    def hanging(self, k, rng, x0=None, on_progress=None):
+        start = time.monotonic()
+        while not self.problem.expired() and time.monotonic() - start < HANG:
+            time.sleep(0.01)
+        stopped_after.append(time.monotonic() - start)
+        return SolverOutcome.unsolved(rng.uniform(*BOUNDS, (k, self.problem.n)), "backward")
+
+    monkeypatch.setattr(BackwardSolver, "solve", hanging)
+    start = time.monotonic()
+    result = run(target, k, chunk)
+    assert len(stopped_after) == pilots
+    assert all(0.2 < s < 1.5 for s in stopped_after), stopped_after
+    assert time.monotonic() - start < HANG - 0.2
+    assert set(result.methods) == {"forward"}
+    assert len(note_with(result, "by the forward route")) == 1
+
+
+# ------------------------------------------------------ partly successful backward batches
+
+
+@pytest.mark.parametrize(
+    ("spoil", "calls"),
+    [
+        pytest.param(1, [2, 1, 18], id="in-the-pilot"),  # 1 of the pilot's 2 samples
+        pytest.param(3, [2, 18, 3], id="in-the-rest"),  # 3 of the 18 of the rest
+    ],
+)
+def test_what_a_partly_successful_backward_batch_left_gets_fresh_backward_draws(
+    monkeypatch, target, spoil, calls
 ):
     """Samples the backward pass left unverified in a batch where it verified others are
     drawn again by the backward pass (its restarts ran out on those anchors), not handed to
-    LM: here its first batch spoils 3 samples, and the second draw solves them."""
-    calls: list[int] = []
+    LM: the first batch larger than ``spoil`` loses ``spoil`` samples, the next draw solves
+    them."""
+    seen: list[int] = []
     original = BackwardSolver.solve
 
     def spoiled(self, k, rng, x0=None, on_progress=None):
         out = original(self, k, rng, x0=x0, on_progress=on_progress)
-        calls.append(k)
-        if len(calls) == 1:
-            out.x[:3] = rng.uniform(0, 1, out.x[:3].shape)
+        seen.append(k)
+        if k > spoil and not getattr(self, "spoilt", False):
+            self.spoilt = True
+            out.x[:spoil] = rng.uniform(*BOUNDS, out.x[:spoil].shape)
         return out
 
     monkeypatch.setattr(BackwardSolver, "solve", spoiled)
-    result = invert(MODEL, {"distribution": target.tolist()}, samples=20, bounds=(0, 1), seed=0)
-    assert_solved(MODEL, result, target, "probabilities", bounds=(0, 1), n=20)
-    assert calls[:2] == [20, 3]
-    assert set(result.methods) == {"backward"}  # no LM polish, no forward starts
+    forward_calls = spy(monkeypatch, ForwardSolver)
+    result = run(target, 20)
+    assert seen == calls
+    assert forward_calls == []  # no LM polish, no forward starts, no forward pilot
+    assert set(result.methods) == {"backward"}

@@ -88,9 +88,12 @@ class AutoSolver(Solver):
         size = self.problem.settings.chunk_size
         large = k >= PILOTS * size
         pilot = size if large else max(1, k // PILOT_SHARE)
-        done = [self._backward_route(pilot, rng, on_progress)] if large else []
+        cap = self._cap(pilot)
+        done = []
+        if large:  # (a warm-up chunk, capped as the timed one is)
+            done.append(self._capped(cap, lambda: self._backward_route(pilot, rng, on_progress)))
         start = time.perf_counter()
-        back = self._capped(self._cap(pilot), lambda: self._backward_route(pilot, rng, on_progress))
+        back = self._capped(cap, lambda: self._backward_route(pilot, rng, on_progress))
         seconds = time.perf_counter() - start
         done.append(back)
         verified = int(back.verification.verified.sum())
@@ -104,9 +107,9 @@ class AutoSolver(Solver):
             return self._rest(done, k, rng, on_progress)
         cap = seconds if verified == pilot else None  # the forward must beat a full pilot
         second = min(pilot, k - self._kept(done))  # (never more samples than were asked for)
-        start = time.perf_counter()
         try:
             self.forward.prepare()  # the conversion is paid once, whichever route wins
+            start = time.perf_counter()
             ahead = self._capped(cap, lambda: self._forward_route(second, rng, on_progress))
         except (MemoryBudgetError, ConversionError) as exc:
             self.route = "backward"
@@ -118,8 +121,8 @@ class AutoSolver(Solver):
         # LM from fresh starts anyway.)
         self.route = "forward" if forward_rate > rate or forward_rate == rate == 0 else "backward"
         self.problem.notes.append(
-            f"auto timed both routes on {pilot} sample{'s' * (pilot > 1)} each "
-            f"({rate:.3g} verified/s backward, {forward_rate:.3g}/s forward) and solved the "
+            f"auto timed both routes ({pilot} and {second} sample{'s' * (second > 1)}: "
+            f"{rate:.3g} verified/s backward, {forward_rate:.3g}/s forward) and solved the "
             f"rest by the {self.route} route"
         )
         return self._rest(done, k, rng, on_progress)

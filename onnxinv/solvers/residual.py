@@ -111,7 +111,7 @@ class TorchResidual:
         if self.vmap_ok is None:
             try:
                 with torch.no_grad():
-                    pair = x[:2].detach()
+                    pair = x[:2].detach().to(self.device, self.dtype)  # (the module's own)
                     got = torch.func.vmap(self._one)(pair)
                     want = torch.stack([self._one(xi) for xi in pair])
                 self.vmap_ok = bool(torch.allclose(got, want, rtol=1e-6, atol=1e-9))
@@ -164,8 +164,10 @@ class TorchResidual:
         def vjp(u: torch.Tensor) -> torch.Tensor:
             _check(self.deadline)
             with torch.enable_grad():
-                (g,) = torch.autograd.grad(r, x, grad_outputs=u.to(dtype), retain_graph=True)
-            return g.to(torch.float64)
+                (g,) = torch.autograd.grad(
+                    r, x, grad_outputs=u.to(self.device, dtype), retain_graph=True
+                )
+            return g.to("cpu", torch.float64)
 
         double: list = []  # the backward graph, built on the first double-vjp product
 
@@ -173,7 +175,7 @@ class TorchResidual:
             _check(self.deadline)
             if self.forward_mode:
                 try:
-                    return self._forward_ad(x.detach(), v.to(dtype), index, module)
+                    return self._forward_ad(x.detach(), v.to(self.device, dtype), index, module)
                 except (RuntimeError, NotImplementedError):
                     self.forward_mode = False  # an operator without a forward-mode rule
             with torch.enable_grad():
@@ -182,8 +184,10 @@ class TorchResidual:
                     (g,) = torch.autograd.grad(r, x, grad_outputs=u0, create_graph=True)
                     double.extend([u0, g])
                 u0, g = double
-                (jv,) = torch.autograd.grad(g, u0, grad_outputs=v.to(dtype), retain_graph=True)
-            return jv.to(torch.float64)
+                (jv,) = torch.autograd.grad(
+                    g, u0, grad_outputs=v.to(self.device, dtype), retain_graph=True
+                )
+            return jv.to("cpu", torch.float64)
 
         return MatrixFreeOperator(jvp, vjp, self.m, self.n, x.shape[0], self.rng)
 
@@ -195,7 +199,7 @@ class TorchResidual:
         with torch.no_grad(), fwad.dual_level():
             out = self._forward(fwad.make_dual(x, v), index, module)
             tangent = fwad.unpack_dual(out).tangent
-        return (torch.zeros_like(out) if tangent is None else tangent).to(torch.float64)
+        return (torch.zeros_like(out) if tangent is None else tangent).to("cpu", torch.float64)
 
     def linearisation_bytes(self) -> int:
         """Bytes one sample's linearisation holds: the tensors autograd saves in one forward

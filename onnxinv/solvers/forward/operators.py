@@ -75,15 +75,21 @@ def damped_step(
     b, m, n = jac.shape
     if m <= n:
         a = _gram(jac, deadline)
-        scale = torch.diagonal(a, dim1=1, dim2=2).mean(1).clamp_min(1e-300)
+        scale = _positive(torch.diagonal(a, dim1=1, dim2=2).mean(1))
         a = a + (lam * scale)[:, None, None] * torch.eye(m, dtype=jac.dtype, device=jac.device)
         y = torch.linalg.solve(a, r.unsqueeze(-1))
         return -(jac.transpose(1, 2) @ y).squeeze(-1)
     a = jac.transpose(1, 2) @ jac
-    scale = torch.diagonal(a, dim1=1, dim2=2).mean(1).clamp_min(1e-300)
+    scale = _positive(torch.diagonal(a, dim1=1, dim2=2).mean(1))
     a = a + (lam * scale)[:, None, None] * torch.eye(n, dtype=jac.dtype, device=jac.device)
     g = jac.transpose(1, 2) @ r.unsqueeze(-1)
     return -torch.linalg.solve(a, g).squeeze(-1)
+
+
+def _positive(scale: torch.Tensor) -> torch.Tensor:
+    """The damping's scale, 1 where it is 0 (every coordinate frozen: the step is then 0, where
+    a tiny scale would overflow the solve into NaN)."""
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 class DenseOperator:
@@ -163,7 +169,7 @@ class MatrixFreeOperator:
             total = None
             for _ in range(NORM_PROBES):
                 u = torch.randint(0, 2, (self.batch, self.m), generator=self.rng)
-                u = (2 * u - 1).to(dtype=torch.float64)
+                u = (2 * u - 1).to(dtype=torch.float64)  # (the residual moves it to its device)
                 g = self._vjp(u)
                 s = (g * g).sum(1)
                 total = s if total is None else total + s
@@ -186,9 +192,14 @@ def cg_damped_step(
 ) -> torch.Tensor:
     """The damped step of :func:`damped_step`, by conjugate gradients on products.
 
-    m ≤ n: ``(J D Jᵀ + μ I) y = -r``, ``dx = D Jᵀ y`` (the minimum-norm step); otherwise
-    ``(D Jᵀ J D + μ I) dx = -D Jᵀ r``. ``D`` is the diagonal of ``free``. Each sample's CG stops
-    when its residual is below ``tol`` times its right side, or after ``max_iter`` iterations.
+    ``(D Jᵀ J D + μ I) dx = -D Jᵀ r`` (CGLS; ``D`` the diagonal of ``free``), whatever the
+    shape: started from zero its iterates stay in the row space, so the converged step is the
+    minimum-norm one of the m-space form, and every iterate lowers the damped linear model
+    ``|r + J dx|² + μ|dx|²``, so a solve cut short is still a descent step. (CG on the m-space
+    form ``(J Jᵀ + μ I) y = -r`` is not: cut at 40 iterations it can make ``|r + J dx|`` 30×
+    worse.) μ is λ times the mean of diag(J Jᵀ) for m ≤ n, of diag(Jᵀ J) otherwise, as in the
+    dense step. Each sample's CG stops when its residual is below ``tol`` times its right side,
+    or after ``max_iter`` iterations (one J·v and one Jᵀ·u each).
     """
     mask = None if free is None else free.to(r.dtype)
 
@@ -197,20 +208,12 @@ def cg_damped_step(
 
     m, n = op.m, op.n
     frob = op.norm2()  # (of the unmasked Jacobian: it only sets the damping's scale)
-    mu = lam * (frob / (m if m <= n else n)).clamp_min(1e-300)
-    if m <= n:
-        rhs = -r
+    mu = lam * (frob / min(m, n)).clamp_min(1e-300)
 
-        def apply(y):
-            return op.matvec(masked(op.rmatvec(y))) + mu[:, None] * y
-    else:
-        rhs = -masked(op.rmatvec(r))
+    def apply(v):
+        return masked(op.rmatvec(op.matvec(masked(v)))) + mu[:, None] * v
 
-        def apply(v):
-            return masked(op.rmatvec(op.matvec(masked(v)))) + mu[:, None] * v
-
-    sol = _cg(apply, rhs, max_iter, tol, deadline)
-    return masked(op.rmatvec(sol)) if m <= n else sol
+    return _cg(apply, -masked(op.rmatvec(r)), max_iter, tol, deadline)
 
 
 def _cg(apply, b: torch.Tensor, max_iter: int, tol: float, deadline: float | None):
