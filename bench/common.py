@@ -144,7 +144,8 @@ def check(case: Case, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Returns per-sample max |output - target| (``inf`` where not finite) and verified flags:
     error <= the target's tolerance, finite input, and (with bounds) inside ``case.bounds``.
     Inputs are cast to the model's input dtype but never clipped: a sample outside the box
-    fails.
+    fails. Where the input's batch axis is fixed (a sample is the whole input, so ``inputs``
+    has one more axis than the input), each sample runs alone.
     """
     spec = Target.from_dict(case.target)
     opts = ort.SessionOptions()
@@ -155,7 +156,10 @@ def check(case: Case, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
     dtype = np.float64 if inp.type == "tensor(double)" else np.float32
     x = np.asarray(inputs).astype(dtype)
-    y = sess.run([out.name], {inp.name: np.nan_to_num(x)})[0]
+    if x.ndim == len(inp.shape) + 1:  # a fixed batch axis: a sample is a whole input, run alone
+        y = np.stack([sess.run([out.name], {inp.name: np.nan_to_num(s)})[0] for s in x])
+    else:
+        y = sess.run([out.name], {inp.name: np.nan_to_num(x)})[0]
     x = x.reshape(len(x), -1)
     finite = np.isfinite(x).all(1)
     y = np.asarray(y, dtype=np.float64).reshape(len(x), -1)
