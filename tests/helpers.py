@@ -248,7 +248,8 @@ def assert_solved(
     errs = ort_errors(model, x, target, space, output)
     assert (errs <= tol).all(), f"ORT errors {errs} exceed tolerance {tol}"
     assert result.verified.all()
-    np.testing.assert_allclose(result.errors, errs, rtol=1e-3, atol=1e-7)
+    # (atol: two float32 ulps at 1.0; two onnxruntime graphs may round the last bit apart)
+    np.testing.assert_allclose(result.errors, errs, rtol=1e-3, atol=2.4e-7)
     return errs
 
 

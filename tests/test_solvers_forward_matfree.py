@@ -25,6 +25,7 @@ from torch import nn
 from onnxinv import invert
 from onnxinv.errors import MemoryBudgetError
 from onnxinv.objective import Objective
+from onnxinv.solvers.forward import lm as lm_mod
 from onnxinv.solvers.forward.lm import (
     DENSE_MAX_ROWS,
     LMSettings,
@@ -171,6 +172,13 @@ DECISIONS = [
 ]
 
 
+@pytest.fixture
+def small_entry_limit(monkeypatch):
+    """Jacobians of these small test nets count as large (the entry limit is for real models)."""
+    monkeypatch.setattr(lm_mod, "DENSE_MAX_ENTRIES", 0)
+
+
+@pytest.mark.usefixtures("small_entry_limit")
 @pytest.mark.parametrize(("kind", "m", "budget", "mode", "expected"), DECISIONS)
 def test_matrix_free_for_decides_by_rows_budget_and_mode(kind, m, budget, mode, expected):
     """Finite differences have no ``linearise``: they stay dense whatever is asked."""
@@ -178,6 +186,13 @@ def test_matrix_free_for_decides_by_rows_budget_and_mode(kind, m, budget, mode, 
     assert hasattr(residual, "linearise") == (kind == "torch")
     max_memory = {None: None, "fits": _fits(m), "short": _fits(m) - 1}[budget]
     assert matrix_free_for(residual, mode, max_memory) is expected
+
+
+def test_many_rows_of_a_small_jacobian_stay_dense():
+    """Past DENSE_MAX_ROWS but under DENSE_MAX_ENTRIES (16 inputs) the dense step is cheap."""
+    residual = torch_residual(DENSE_MAX_ROWS + 1)
+    assert residual.m * residual.n <= lm_mod.DENSE_MAX_ENTRIES
+    assert matrix_free_for(residual, "auto", None) is False
 
 
 def test_an_unknown_jacobian_mode_is_refused():
@@ -305,6 +320,7 @@ def test_matrix_free_lm_reaches_a_reachable_target(n, m, bounds, dtype):
 # ---------------------------------------------------------------- end to end, onnxinv.invert
 
 
+@pytest.mark.usefixtures("small_entry_limit")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("bounds", BOUNDS)
 def test_a_model_with_many_outputs_is_inverted_matrix_free(dtype, bounds):

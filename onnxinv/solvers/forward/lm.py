@@ -95,6 +95,9 @@ class LMOutcome:
 
 #: Rounds of :func:`box_step`: each stops the coordinates the step pushes past a bound.
 BOX_ROUNDS = 5
+#: ... when each round is a CG solve of its own (matrix-free): the first solve's step is kept
+#: for the coordinates that stay inside, one more moves the rest.
+MATRIX_FREE_BOX_ROUNDS = 2
 
 
 def box_step(
@@ -177,9 +180,11 @@ def slice_size(m: int, n: int, max_memory: int | None, need: int | None = None) 
     return max(1, max_memory // need)
 
 
-#: ``auto`` forms dense Jacobians for at most this many residuals: a dense Jacobian costs one
-#: backward pass per residual, a matrix-free step about two products per CG iteration.
+#: ``auto`` forms dense Jacobians for at most this many residuals, or this many entries: a dense
+#: Jacobian costs one backward pass per residual, a matrix-free step about two products per CG
+#: iteration, but on a small model the dense step is cheap whatever its rows, and exact.
 DENSE_MAX_ROWS = 2 * CG_MAX_ITER
+DENSE_MAX_ENTRIES = 2**22
 
 
 def matrix_free_for(residual: Residual, mode: str, max_memory: int | None) -> bool:
@@ -187,7 +192,8 @@ def matrix_free_for(residual: Residual, mode: str, max_memory: int | None) -> bo
 
     ``mode`` ``"dense"``/``"matrix-free"`` forces one (matrix-free needs a residual with
     ``linearise``: autograd on a converted model); ``"auto"`` goes matrix-free when the dense
-    Jacobian would not fit ``max_memory`` or has more than :data:`DENSE_MAX_ROWS` rows.
+    Jacobian would not fit ``max_memory``, or has more than :data:`DENSE_MAX_ROWS` rows and
+    :data:`DENSE_MAX_ENTRIES` entries.
     """
     if mode not in JACOBIAN_MODES:
         raise ValueError(f"jacobian mode must be one of {JACOBIAN_MODES}, not {mode!r}")
@@ -195,7 +201,8 @@ def matrix_free_for(residual: Residual, mode: str, max_memory: int | None) -> bo
     if mode != "auto":
         return mode == "matrix-free" and possible
     fits = max_memory is None or per_sample_bytes(residual.m, residual.n) <= max_memory
-    return possible and (not fits or residual.m > DENSE_MAX_ROWS)
+    large = residual.m > DENSE_MAX_ROWS and residual.m * residual.n > DENSE_MAX_ENTRIES
+    return possible and (not fits or large)
 
 
 def matrix_free_width(residual, max_memory: int | None) -> int | None:
@@ -360,7 +367,8 @@ def _solve(model, x0, settings, new_start, lo, hi, on_finish, offset) -> LMOutco
             if bounded:
                 g = op.rmatvec(ra)
                 free = ~(((xa <= lo) & (g > 0)) | ((xa >= hi) & (g < 0)))
-                dx = box_step(op, ra, lam[active], free, xa, lo, hi, settings.deadline)
+                rounds = MATRIX_FREE_BOX_ROUNDS if model.matrix_free else BOX_ROUNDS
+                dx = box_step(op, ra, lam[active], free, xa, lo, hi, settings.deadline, rounds)
             else:
                 dx = op.damped_step(ra, lam[active], None, settings.deadline)
         except DeadlineReached:
