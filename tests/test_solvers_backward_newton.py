@@ -212,16 +212,25 @@ def test_the_box_strategy_that_reaches_more_per_unit_of_work_goes_first(
     assert solver.preferred() is want
 
 
-@pytest.mark.parametrize("shared", [False, True], ids=["per-sample", "shared"])
+@pytest.mark.parametrize(
+    ("shared", "outers"),
+    [(False, True), (True, True), (True, False)],
+    ids=["per-sample", "shared", "shared-past-the-outer-product-limit"],
+)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("mu", [1e-8, 1.0])
-def test_the_box_step_is_the_bounded_least_squares_step(shared, dtype, mu):
+def test_the_box_step_is_the_bounded_least_squares_step(monkeypatch, shared, outers, dtype, mu):
     """``box_step`` returns the minimiser of ``½|dx|² + |J dx + r|²/(2μ)`` over the box's
     room, the one scipy's bounded least squares finds, for every sample at once; with a small
-    damping and a reachable linearisation it meets ``J dx = −r``."""
+    damping and a reachable linearisation it meets ``J dx = −r``. A Jacobian shared by the
+    batch whose per-column outer products are past ``OUTERS_LIMIT`` gives the same step."""
     from scipy.optimize import lsq_linear
 
+    from onnxinv.solvers.backward import newton
     from onnxinv.solvers.backward.newton import box_step
+
+    if not outers:
+        monkeypatch.setattr(newton, "OUTERS_LIMIT", 0)
 
     rng = np.random.default_rng(3)
     b, q, n = 6, 3, 20

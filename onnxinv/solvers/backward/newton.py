@@ -593,7 +593,7 @@ def _outer_sum(J: np.ndarray, mask: np.ndarray, sign: np.ndarray) -> np.ndarray:
     out = np.zeros((b, q, q))
     if rows.size == 0:
         return out
-    C = J[rows, :, cols].astype(np.float64)  # (m, q)
+    C = J[rows if len(J) > 1 else 0, :, cols].astype(np.float64)  # (m, q); J may be shared
     S = np.where(sign[rows, cols], 1.0, -1.0)[:, None] * C
     starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
     out[rows[starts]] = np.add.reduceat(S[:, :, None] * C[:, None, :], starts, axis=0)
