@@ -255,6 +255,30 @@ def test_the_box_step_is_the_bounded_least_squares_step(monkeypatch, shared, out
             assert np.abs(Ji @ dx[i] + r[i]).max() <= 1e-5
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_a_shared_jacobian_past_the_outer_product_limit_gives_the_same_box_step(monkeypatch, seed):
+    """Past ``OUTERS_LIMIT`` a batch-shared Jacobian's ``J W Jᵀ`` is updated column by column
+    as the box's free set changes (requests partly outside the box make it change): the steps
+    equal those from the per-column outer products, and the per-sample stack's."""
+    from onnxinv.solvers.backward import newton
+
+    rng = np.random.default_rng(seed)
+    b, q, n = 6, 3, 20
+    J = rng.standard_normal((1, q, n))
+    x = rng.uniform(0, 1, (b, n))
+    x[:, :4] = 0.0
+    want = rng.uniform(-0.5, 1.5, (b, n))  # partly outside the box
+    r = -np.einsum("bqn,bn->bq", np.broadcast_to(J, (b, q, n)), want - x)
+    A = J @ J.transpose(0, 2, 1)
+    mus = np.full(b, 1e-8)
+    outers = newton.box_step(J, A, r, x, 0.0, 1.0, mus)
+    stacked = newton.box_step(np.repeat(J, b, 0), np.repeat(A, b, 0), r, x, 0.0, 1.0, mus)
+    monkeypatch.setattr(newton, "OUTERS_LIMIT", 0)
+    columns = newton.box_step(J, A, r, x, 0.0, 1.0, mus)
+    np.testing.assert_allclose(columns, outers, atol=1e-9)
+    np.testing.assert_allclose(columns, stacked, atol=1e-9)
+
+
 @pytest.mark.parametrize("name, shares", [("digits_2layer", True), ("digits_relu", False)])
 def test_first_steps_share_one_jacobian_on_smooth_chains_only(monkeypatch, name, shares):
     """On a smooth chain the first Newton steps use one Jacobian for the batch (at its mean
