@@ -71,13 +71,54 @@ class AutoSolver(Solver):
         self.backward.prepare()
 
     def solve(self, k, rng, x0=None, on_progress=None) -> SolverOutcome:
+        if self.route is None and self.backward is not None and self.backward.plan.lm_from_input:
+            self.route = "forward"
+            self.problem.notes.append(
+                "auto solved by the forward pass: the backward pass would run LM from the "
+                "model's input anyway (no exact pass below the first block that needs LM)"
+            )
         if self.backward is None or self.route == "forward":
             return self._forward_route(k, rng, on_progress)
         if k == 0:
             return SolverOutcome.unsolved(np.zeros((0, self.problem.n)), self.name)
         if self.route == "backward":
             return self._backward_route(k, rng, on_progress)
+        if k < PILOTS * self.problem.settings.chunk_size:
+            return self._capped_run(k, rng, on_progress)
         return self._pilot(k, rng, on_progress)
+
+    def _capped_run(self, k, rng, on_progress) -> SolverOutcome:
+        """A small run: the backward route on all ``k`` samples under the pilot's time cap;
+        when the cap cuts it short, what it left goes to the forward pass (as does the rest
+        of the run)."""
+        cap, start = self._cap(k), time.monotonic()
+        out = self._capped(cap, lambda: self._backward_route(k, rng, on_progress))
+        cut = time.monotonic() - start >= cap
+        if self.backward is None:  # (the plan did not fit the memory budget: forward solved)
+            self.route = "forward"
+            return out
+        pending = np.flatnonzero(~out.verification.verified)
+        if not pending.size or self.problem.expired() or not cut:
+            self.route = "backward"
+            return out
+        self.route = "forward"
+        self.problem.notes.append(
+            f"auto cut the backward route at its time cap with {pending.size} of {k} samples "
+            "unverified; the forward pass solved those and solves the rest of the run"
+        )
+        try:
+            fresh = self._forward_route(pending.size, rng, on_progress)
+        except (MemoryBudgetError, ConversionError):
+            return out
+        good = fresh.verification.verified
+        if good.any():
+            idx = pending[good]
+            out.x[idx], out.error[idx] = fresh.x[good], fresh.error[good]
+            out.iterations[idx] += fresh.iterations[good]
+            out.verification.replace(idx, fresh.verification.subset(good))
+            for i in idx:
+                out.paths[i] = "forward"
+        return out
 
     def _pilot(self, k, rng, on_progress) -> SolverOutcome:
         """Settle the route on pilot samples (see the module's docstring), then solve the rest.

@@ -392,6 +392,20 @@ class BackwardPass:
                 return False
         return True
 
+    @property
+    def lm_from_input(self) -> bool:
+        """Whether the plan's first LM solve starts at the model's input (no chain pass, and
+        the block that needs LM cannot be solved alone): the backward route is then the
+        forward pass on the family the exact tail asks for, with a conversion of its own."""
+        blocks = self.part.blocks
+        for block in reversed(blocks):
+            if block is blocks[0] and self._chain is not None:
+                return False
+            if block.kind == "invertible" and self._splits.get(id(block)) is None:
+                continue
+            return block is blocks[0] or not self._pullable_below(block)
+        return False
+
     # -- the whole plan ---------------------------------------------------------------------------
     def run(self, b: int, rng: np.random.Generator) -> BackwardOutcome:
         iterations = np.zeros(b, dtype=np.int64)  # (LM's, per sample)
