@@ -91,6 +91,9 @@ class AutoSolver(Solver):
         """A small run: the backward route on all ``k`` samples under the pilot's time cap;
         when the cap cuts it short, what it left goes to the forward pass (as does the rest
         of the run)."""
+        if not self.backward.plan.chain_only:
+            import onnx2torch  # noqa: F401 - torch's import (seconds, once) is not the route's time
+
         cap, start = self._cap(k), time.monotonic()
         out = self._capped(cap, lambda: self._backward_route(k, rng, on_progress))
         cut = time.monotonic() - start >= cap

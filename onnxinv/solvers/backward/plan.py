@@ -394,16 +394,29 @@ class BackwardPass:
 
     @property
     def lm_from_input(self) -> bool:
-        """Whether the plan's first LM solve starts at the model's input (no chain pass, and
-        the block that needs LM cannot be solved alone): the backward route is then the
-        forward pass on the family the exact tail asks for, with a conversion of its own."""
+        """Whether the plan is the forward pass in all but name: its first LM solve starts at
+        the model's input (no chain pass, and the block that needs LM cannot be solved alone)
+        and only affine maps and the Softmax tail lie above where that LM stops, so its
+        equations are the forward pass's. (An exactly inverted Tanh above it, say, makes the
+        plan's LM a different, easier problem.)"""
         blocks = self.part.blocks
-        for block in reversed(blocks):
-            if block is blocks[0] and self._chain is not None:
+        for i in range(len(blocks) - 1, -1, -1):
+            block = blocks[i]
+            if i == 0 and self._chain is not None:
                 return False
-            if block.kind == "invertible" and self._splits.get(id(block)) is None:
+            split = self._splits.get(id(block)) if block.kind == "invertible" else None
+            if block.kind == "invertible" and split is None:
                 continue
-            return block is blocks[0] or not self._pullable_below(block)
+            if i and self._pullable_below(block):
+                return False
+            above = [s for b in blocks[i + 1 :] for s in b.steps]
+            if split is not None:
+                cut = next(j for j, s in enumerate(block.steps) if s.input == split)
+                above = block.steps[cut:] + above
+            return all(
+                s.rule.kind == "affine" or s.rule.op_type in ("Softmax", "LogSoftmax")
+                for s in above
+            )
         return False
 
     # -- the whole plan ---------------------------------------------------------------------------
