@@ -411,7 +411,8 @@ class BackwardPass:
                 return False
             above = [s for b in blocks[i + 1 :] for s in b.steps]
             if split is not None:
-                cut = next(j for j, s in enumerate(block.steps) if s.input == split)
+                ins = [s.input for s in block.steps]  # (the split may be the block's output)
+                cut = ins.index(split) if split in ins else len(ins)
                 above = block.steps[cut:] + above
             return all(
                 s.rule.kind == "affine" or s.rule.op_type in ("Softmax", "LogSoftmax")
