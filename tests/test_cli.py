@@ -124,7 +124,7 @@ def test_default_output_folder_is_runs_model_stem(tmp_path, monkeypatch):
 # (max_iter, seed) of the forward pass on the 6-layer model with no restarts: some samples stop
 # short of the target (auto's backward pass now reaches every one). The first is the known
 # setting; the others keep the test meaningful if the solver changes.
-PARTIAL = [("20", "1"), ("16", "1"), ("20", "2"), ("14", "2"), ("20", "0")]
+PARTIAL = [("4", "0"), ("4", "2"), ("3", "0"), ("20", "1"), ("16", "1"), ("20", "2"), ("14", "2")]
 
 
 def test_some_samples_unverified_exit_3(tmp_path):

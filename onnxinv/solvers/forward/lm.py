@@ -22,6 +22,15 @@ the current point and conjugate gradients on the same damped system, when the de
 would not fit the memory budget or has many rows (:func:`matrix_free_for`). The matrix-free
 form holds a few copies of the model's activations per sample instead of m·n numbers.
 
+With dense Jacobians on a model whose forward pass outweighs a step's linear algebra
+(:func:`chord_steps`), each iteration also takes up to :data:`CHORD_STEPS` further steps from its
+trial point with the same Jacobian, corrected after every move by Broyden's rank-one update (a
+Shamanskii-like LM iteration), and keeps the point of lowest residual norm along the chain (the
+chain goes on from a worse point too: the updated Jacobian often turns it). A step costs one
+forward pass where a Jacobian costs one backward pass per residual; on curved problems (a ViT's
+class targets, where the linear model holds for steps far shorter than the way to the target)
+one Jacobian then carries the point several steps.
+
 Samples that stall (λ blown up, or the iteration cap reached without converging) restart from a
 fresh random point; the best point of all attempts is kept.
 """
@@ -44,6 +53,7 @@ __all__ = [
     "LMOutcome",
     "LMSettings",
     "box_step",
+    "chord_steps",
     "damped_step",
     "levenberg_marquardt",
     "matrix_free_for",
@@ -95,6 +105,11 @@ class LMOutcome:
 
 #: Rounds of :func:`box_step`: each stops the coordinates the step pushes past a bound.
 BOX_ROUNDS = 5
+#: Steps per iteration after the first with the same, Broyden-updated, dense Jacobian (0: off).
+CHORD_STEPS = 5
+#: ... taken where the model's forward pass saves at least this many times the bytes of one
+#: sample's Jacobian (:func:`chord_steps`).
+CHORD_MIN_RATIO = 2
 #: ... when each round is a CG solve of its own (matrix-free): the first solve's step is kept
 #: for the coordinates that stay inside, one more moves the rest.
 MATRIX_FREE_BOX_ROUNDS = 2
@@ -268,6 +283,22 @@ def levenberg_marquardt(
     )
 
 
+def chord_steps(residual: Residual) -> int:
+    """Chord steps per dense LM iteration on ``residual``: :data:`CHORD_STEPS` where they pay.
+
+    A chord step costs one forward pass and one box step (linear algebra on the m×n Jacobian);
+    the Jacobian it saves costs m backward passes. On a small model (an MLP) the box step costs
+    as much as the Jacobian, and the chord steps would only slow each iteration down, so they are
+    taken where the model's forward pass saves (``linearisation_bytes``: three copies of what
+    autograd keeps) at least :data:`CHORD_MIN_RATIO` times a Jacobian's bytes, and always with
+    finite differences (2n model runs per Jacobian). Deterministic: no timings.
+    """
+    size = getattr(residual, "linearisation_bytes", None)
+    if size is None:
+        return CHORD_STEPS
+    return CHORD_STEPS if size() >= CHORD_MIN_RATIO * 8 * residual.m * residual.n else 0
+
+
 class _Dense:
     """Linear models as (B, m, n) Jacobians, refreshed where the points move."""
 
@@ -276,6 +307,7 @@ class _Dense:
     def __init__(self, residual: Residual):
         self.residual = residual
         self.jac: torch.Tensor | None = None
+        self.chord = chord_steps(residual)
 
     def start(self, x, index) -> torch.Tensor:
         r, self.jac = self.residual.value_and_jacobian(x, index)
@@ -293,6 +325,7 @@ class _MatrixFree:
     """Linear models as products at the current points: linearised when a step is taken."""
 
     matrix_free = True
+    chord = 0  # (a chord step would be a CG solve: as dear as the step itself)
 
     def __init__(self, residual: Residual):
         self.residual = residual
@@ -374,11 +407,16 @@ def _solve(model, x0, settings, new_start, lo, hi, on_finish, offset) -> LMOutco
         except DeadlineReached:
             timed_out = True
             break
-        del op  # (a matrix-free operator holds the batch's autograd graph)
         x_try = xa + dx
         if bounded:
             x_try = x_try.clamp(lo, hi)
         r_try = model.residual.value(x_try, active + offset)
+        if model.chord:
+            x_try, r_try = _chord(
+                op, model.residual, active + offset, xa, ra, x_try, r_try, lam[active], lo, hi,
+                settings, err_fn, model.chord,
+            )  # fmt: skip
+        del op  # (a matrix-free operator holds the batch's autograd graph)
         cost_try = _cost(r_try)
         ok = torch.isfinite(cost_try) & (cost_try < cost[active])
         it_attempt[active] += 1
@@ -402,6 +440,54 @@ def _solve(model, x0, settings, new_start, lo, hi, on_finish, offset) -> LMOutco
     return LMOutcome(
         best_x, best_r, iterations, best_r <= settings.tol, timed_out, model.matrix_free
     )
+
+
+def _chord(op, residual, index, x, r, y, ry, lam, lo, hi, settings, err_fn, steps):
+    """Up to ``steps`` more damped steps from the trial points ``y`` (residuals ``ry``)
+    of the points ``x`` (``r``), with ``op``'s Jacobians updated by Broyden's rank-one formula
+    ``J += (Δr − J s) sᵀ / sᵀs`` after each move ``s``; a sample's chain stops once its residual
+    is non-finite or within the tolerance. Returns the lowest-cost point of each chain and its
+    residuals (the first trial point where no later one is lower).
+
+    ``op`` is a :class:`DenseOperator` holding this iteration's own copy of the Jacobians (they
+    are updated in place).
+    """
+    best_x, best_r, best_c = y.clone(), ry.clone(), _cost(ry)
+    going = torch.isfinite(best_c) & (_finite(err_fn(ry)) > settings.tol)
+    x, r, y, ry = x.clone(), r.clone(), y.clone(), ry.clone()
+    jac = op.jac
+    for _ in range(steps):
+        rows = going.nonzero().squeeze(1)
+        if rows.numel() == 0:
+            break
+        if settings.deadline is not None and time.monotonic() > settings.deadline:
+            break
+        part = DenseOperator(jac[rows])
+        s = y[rows] - x[rows]
+        u = ry[rows] - r[rows] - part.matvec(s)
+        ss = (s * s).sum(1)
+        ss = torch.where(ss > 0, ss, torch.ones_like(ss))
+        part.jac += u.unsqueeze(-1) * (s / ss.unsqueeze(-1)).unsqueeze(1)
+        jac[rows] = part.jac
+        yr, rr = y[rows], ry[rows]
+        try:
+            if lo is not None:
+                g = part.rmatvec(rr)
+                free = ~(((yr <= lo) & (g > 0)) | ((yr >= hi) & (g < 0)))
+                d = box_step(part, rr, lam[rows], free, yr, lo, hi, settings.deadline)
+                y_new = (yr + d).clamp(lo, hi)
+            else:
+                y_new = yr + part.damped_step(rr, lam[rows], None, settings.deadline)
+        except DeadlineReached:
+            break
+        r_new = residual.value(y_new, index[rows])
+        c_new = _cost(r_new)
+        x[rows], r[rows], y[rows], ry[rows] = yr, rr, y_new, r_new
+        lower = c_new < best_c[rows]
+        low = rows[lower]
+        best_x[low], best_r[low], best_c[low] = y_new[lower], r_new[lower], c_new[lower]
+        going[rows] = torch.isfinite(c_new) & (_finite(err_fn(r_new)) > settings.tol)
+    return best_x, best_r
 
 
 def _rmax(r: torch.Tensor) -> torch.Tensor:
