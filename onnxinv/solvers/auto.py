@@ -113,14 +113,7 @@ class AutoSolver(Solver):
             fresh = self._forward_route(pending.size, rng, on_progress)
         except (MemoryBudgetError, ConversionError):
             return out
-        good = fresh.verification.verified
-        if good.any():
-            idx = pending[good]
-            out.x[idx], out.error[idx] = fresh.x[good], fresh.error[good]
-            out.iterations[idx] += fresh.iterations[good]
-            out.verification.replace(idx, fresh.verification.subset(good))
-            for i in idx:
-                out.paths[i] = "forward"
+        self._take(out, pending, fresh, "forward")
         return out
 
     def _pilot(self, k, rng, on_progress) -> SolverOutcome:
@@ -279,8 +272,9 @@ class AutoSolver(Solver):
         self, out: SolverOutcome, idx: np.ndarray, fresh: SolverOutcome, path: str | None = None
     ):
         """``fresh``'s samples replace samples ``idx`` of ``out`` where onnxruntime verifies
-        them (their paths become ``path`` if given); returns that mask."""
-        check = self.problem.verify(fresh.x)
+        them (their paths become ``path`` if given); returns that mask. ``fresh``'s own check
+        is used when it has one."""
+        check = fresh.verification or self.problem.verify(fresh.x)
         good = check.verified
         out.notes.extend(fresh.notes)
         if good.any():
