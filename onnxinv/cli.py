@@ -152,6 +152,7 @@ _CLI_TYPES = {
     "method": _MethodName(),
     "device": click.Choice(["cpu", "cuda"]),
     "jacobian": click.Choice(["auto", "dense", "matrix-free"]),  # settings.JACOBIAN_MODES
+    "starts": click.Choice(["auto", "uniform", "smooth"]),  # settings.START_FAMILIES
 }
 
 

@@ -209,6 +209,15 @@ def device_name(name: str, value: Any) -> str:
 JACOBIAN_MODES = ("auto", "dense", "matrix-free")
 
 
+START_FAMILIES = ("auto", "uniform", "smooth")
+
+
+def start_family(name: str, value: Any) -> str:
+    if value not in START_FAMILIES:
+        raise OptionError(f"{name} must be one of {', '.join(START_FAMILIES)}, not {value!r}")
+    return value
+
+
 def jacobian_mode(name: str, value: Any) -> str:
     if value not in JACOBIAN_MODES:
         raise OptionError(f"{name} must be one of {', '.join(JACOBIAN_MODES)}, not {value!r}")
@@ -273,6 +282,12 @@ class Settings:
                            check=positive_int, group="lm")  # fmt: skip
     restarts: int = option(3, "Fresh random starts for a sample that stalls.",
                            check=non_negative_int, group="lm")  # fmt: skip
+    starts: str = option(
+        "auto", "Random starting points: uniform noise, smooth random fields (inputs with two "
+        "axes of 32 or more, e.g. images: a random value per 8x8 cell, interpolated), or auto: "
+        "smooth fields where a few probes put their outputs nearer the target.",
+        check=start_family, cli_type="starts", group="lm",
+    )  # fmt: skip
     init_std: float = option(1.0, "Std of random starts when unbounded.",
                              check=positive_number, group="lm")  # fmt: skip
     max_condition: float = option(

@@ -24,9 +24,9 @@ from onnxinv.load.model import load
 from onnxinv.objective import build
 from onnxinv.partition.blocks import partition
 from onnxinv.rules import default_registry
-from onnxinv.solvers.base import Starts
 from onnxinv.solvers.forward.lm import LMSettings, levenberg_marquardt
 from onnxinv.solvers.residual import DeadlineReached, FiniteDifferenceResidual, build_residual
+from onnxinv.solvers.starts import Starts
 from onnxinv.target import Target
 
 

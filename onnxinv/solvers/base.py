@@ -23,6 +23,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..errors import OptionError, set_phase
+from .starts import MIN_SIDE, Starts, field_axes, nearer_family
+
+STARTS_SEED = 7  # --starts auto probes with a generator seeded seed + this
 
 if TYPE_CHECKING:
     from ..load.model import LoadedModel
@@ -30,48 +33,6 @@ if TYPE_CHECKING:
     from ..settings import Settings
     from ..verify import Verification
     from .residual import Residual
-
-
-PRIOR_SPREAD = 0.01  # starts near a prior: its value plus noise of this size (of the box)
-
-
-def near_prior(prior: np.ndarray, k: int, rng: np.random.Generator, bounds) -> np.ndarray:
-    """(k, n) points next to ``prior``: noise of ``PRIOR_SPREAD`` times the box's width (or
-    the prior's largest value), kept strictly inside the box."""
-    if bounds is not None:
-        lo, hi = bounds
-        scale = hi - lo
-    else:
-        scale = max(1.0, float(np.abs(prior).max()))
-    x = prior[None] + PRIOR_SPREAD * scale * rng.standard_normal((k, len(prior)))
-    if bounds is not None:
-        pad = 1e-3 * (hi - lo)
-        x = np.clip(x, lo + pad, hi - pad)
-    return x
-
-
-class Starts:
-    """Random starting points: next to the prior when there is one (see :func:`near_prior`),
-    else uniform inside the bounds, else normal(0, ``std``).
-
-    Calling it with ``k`` returns a (k, n) float64 torch tensor; every draw comes from ``rng``,
-    so a seeded generator gives the same starts.
-    """
-
-    def __init__(self, n: int, rng: np.random.Generator, bounds=None, std: float = 1.0, prior=None):
-        self.n, self.rng, self.bounds, self.std, self.prior = n, rng, bounds, std, prior
-
-    def __call__(self, k: int):
-        import torch
-
-        if self.prior is not None:
-            x = near_prior(self.prior, k, self.rng, self.bounds)
-        elif self.bounds is not None:
-            lo, hi = self.bounds
-            x = self.rng.uniform(lo, hi, size=(k, self.n))
-        else:
-            x = self.rng.normal(0.0, self.std, size=(k, self.n))
-        return torch.from_numpy(x)
 
 
 @dataclass
@@ -224,9 +185,44 @@ class ModelProblem(Problem):
         return chain_of(blocks[0]) if blocks and blocks[0].kind == "invertible" else None
 
     def starts(self, rng: np.random.Generator):
+        """Starting points for the model's input: next to the prior when there is one, else
+        :meth:`input_starts`."""
         if self.make_starts is None and self.prior is not None:
             return Starts(self.n, rng, self.bounds, self.settings.init_std, prior=self.prior)
+        if self.make_starts is None:
+            return self.input_starts(rng)
         return super().starts(rng)
+
+    def input_starts(self, rng: np.random.Generator) -> Starts:
+        """Random inputs of the run's family (``--starts``, see :attr:`start_family`)."""
+        shape = tuple(self.loaded.input_shape) if self.start_family == "smooth" else None
+        return Starts(self.n, rng, self.bounds, self.settings.init_std, shape=shape)
+
+    @cached_property
+    def start_family(self) -> str:
+        """``"uniform"`` or ``"smooth"``: ``--starts``, or under ``auto`` the family whose
+        outputs lie nearer the target (:func:`~onnxinv.solvers.starts.nearer_family`, a few
+        onnxruntime runs with a generator of its own, so the run's draws are not shifted)."""
+        family, shape = self.settings.starts, tuple(self.loaded.input_shape)
+        if family == "smooth" and field_axes(shape) is None:
+            raise OptionError(
+                f"--starts smooth needs an input with two axes of {MIN_SIDE} or more values; "
+                f"{self.loaded.input_name!r} is {'x'.join(map(str, shape))}"
+            )
+        if family != "auto":
+            return family
+        which = "logits" if self.objective.solve_on == "logits" else "pruned"
+
+        def norms(x: np.ndarray) -> np.ndarray:
+            y = self.loaded.run(x.reshape((len(x), *shape)), which=which)
+            r = np.asarray(self.objective.residual(np.asarray(y, dtype=np.float64)))
+            return np.where(np.isfinite(r).all(1), np.linalg.norm(r, axis=1), np.inf)
+
+        rng = np.random.default_rng(self.settings.seed + STARTS_SEED)
+        family, note = nearer_family(shape, norms, rng, self.bounds, self.settings.init_std)
+        if note:
+            self.notes.append(note)
+        return family
 
     def verify(self, x: np.ndarray) -> Verification:
         """onnxruntime on the original model: flat or shaped samples -> verified flags."""

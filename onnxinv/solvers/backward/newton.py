@@ -69,7 +69,7 @@ import numpy as np
 from ...partition.chain import Activation, Affine, Select
 from ...rules.base import AffineRule, Family
 from ...rules.linalg import null_basis
-from ..base import near_prior
+from ..starts import near_prior
 
 ROUNDOFF = 1e-10  # |r| relative to the top value's scale at which a sample is exact
 MAX_ITER = 60  # Newton iterations per attempt

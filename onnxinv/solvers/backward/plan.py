@@ -30,7 +30,8 @@ from ...partition.bounds import interval_bounds
 from ...partition.chain import compose
 from ...rules.base import Family, OutsideDomain
 from ...rules.linalg import null_basis
-from ..base import ModelProblem, Problem, Starts
+from ..base import ModelProblem, Problem
+from ..starts import Starts
 from .collapse import MARGIN, box, collapse, joint_collapse
 
 EXACT_RESIDUAL = 1e-6  # a family farther than this from the rules' range is not exact
@@ -302,7 +303,7 @@ class BackwardPass:
             bounds=self.bounds if at_input else None,
             deadline=self.deadline,
             max_memory=self.problem.max_memory,
-            make_starts=None if at_input else self._reachable_starts(src),
+            make_starts=self.problem.starts if at_input else self._reachable_starts(src),
             name=f"the block {src!r} -> {dst!r}",
         )
         try:
@@ -319,10 +320,10 @@ class BackwardPass:
     def _reachable_starts(self, src: str):
         """Starting values for tensor ``src``: the model's own values on random inputs."""
         run = self._runner(self.part.input, src)
-        shape, n = self.loaded.input_shape, self.loaded.input_size
+        shape = self.loaded.input_shape
 
         def make(rng):
-            sampler = Starts(n, rng, self.bounds, self.settings.init_std)
+            sampler = self.problem.input_starts(rng)
 
             def draw(k: int):
                 import torch
