@@ -230,3 +230,23 @@ def test_past_deadline_returns_random_inputs_flagged_inexact(lm_calls):
     assert not out.solved.any()
     assert lm_calls == [] and not plan.used_lm
     assert out.x.shape == (4, 8) and out.x.min() >= -1 and out.x.max() <= 1
+
+
+@pytest.mark.parametrize("n_in, from_input", [(4, True), (8, False)])
+def test_lm_starts_at_the_input_above_a_chain_that_cannot_be_onto(n_in, from_input, lm_calls):
+    """Linear(n_in, 6) → residual add → Linear(6, 3) → Softmax. With 4 inputs the chain's 6
+    outputs span a 4-dimensional subspace, so LM on the residual block alone would aim at
+    values no input reaches (a ViT's patch embedding beside its class token): the plan is the
+    forward pass, LM from the model's input. With 8 inputs the chain pulls LM's point back."""
+    torch.manual_seed(1)
+    m = nn.Sequential(nn.Linear(n_in, 6), Residual(6), nn.Linear(6, 3), nn.Softmax(-1)).eval()
+    p = reachable(m, n_in, seed=2, bounds=(-1.0, 1.0))
+    c = Case("onto" if n_in == 8 else "expanding", m, export_bytes(m, n_in),
+             {"distribution": (p / p.sum()).tolist()}, "probabilities",
+             Settings(samples=4, seed=0, bounds=(-1.0, 1.0)))  # fmt: skip
+    problem, plan, out = run(c, 4)
+    assert plan.lm_from_input is from_input
+    assert [src == problem.partition.input for src, _ in lm_calls] == [from_input]
+    check = problem.verify(out.x)
+    assert check.verified[out.solved].all()  # (the plan alone; auto polishes what it leaves)
+    assert check.verified.all() or not from_input, check.errors

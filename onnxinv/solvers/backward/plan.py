@@ -388,10 +388,19 @@ class BackwardPass:
         """
         blocks = self.part.blocks
         for i, b in enumerate(blocks[: blocks.index(block)]):
-            chained = i == 0 and self._chain is not None
+            # (The chain pass composes its block's maps: a step that is not onto is pulled
+            # back jointly, as long as the composition can be onto.)
+            chained = i == 0 and self._chain is not None and self._chain_can_be_onto(b)
             if b.kind != "invertible" or (self._splits.get(id(b)) is not None and not chained):
                 return False
         return True
+
+    def _chain_can_be_onto(self, block: Block) -> bool:
+        """Whether no tensor along ``block`` has fewer values than its output: otherwise the
+        composition's rank is below its output's size (a ViT's patch embedding beside a
+        constant class token), and no input reaches a generic point there."""
+        along = [self.sizes[block.input], *(self.sizes[s.output] for s in block.steps)]
+        return min(along) >= self.sizes[block.output]
 
     @property
     def lm_from_input(self) -> bool:
