@@ -35,6 +35,8 @@ class Objective:
         target: the target output, one sample's shape (probabilities for distributions).
         residual_target: the target in residual space, flat.
         tolerance: largest absolute difference allowed by the check.
+        rows: softmax rows of a ``values`` target solved on logits (a sequence model's
+            per-step distributions, :func:`softmax_rows`); 1 otherwise.
     """
 
     kind: str
@@ -43,12 +45,14 @@ class Objective:
     target: np.ndarray
     residual_target: np.ndarray
     tolerance: float
+    rows: int = 1
 
     @property
     def transform(self) -> str:
-        """How the solved tensor maps into residual space: identity, centre, or centre∘log."""
+        """How the solved tensor maps into residual space: identity, centre, centre∘log, or
+        row-centre (each softmax row of the logits centred on its own)."""
         if self.kind == "values":
-            return "identity"
+            return "row-centre" if self.solve_on == "logits" else "identity"
         if self.solve_on == "output" and self.output_space == "probabilities":
             return "centre-log"
         return "centre"
@@ -62,10 +66,13 @@ class Objective:
 
         ``index`` (which samples the rows are) is ignored: the target is the same for all.
         """
+        if self.transform == "row-centre":
+            y = y.reshape(y.shape[0], self.rows, -1)
+            y = y - (y.mean(2, keepdims=True) if isinstance(y, np.ndarray) else y.mean(2, True))
         y = y.reshape(y.shape[0], -1)
         if self.transform == "centre-log":
             y = _log(y)
-        if self.transform != "identity":
+        if self.transform in ("centre", "centre-log"):
             y = (
                 y - y.mean(1, keepdims=True)
                 if isinstance(y, np.ndarray)
@@ -84,9 +91,16 @@ class Objective:
         Softmax ignores constant shifts, so ``softmax(r + C(log p))`` is the distribution the
         solved tensor stands for (torch, differentiable).
         """
-        if self.kind == "values":
+        if self.transform == "identity":
             return r
         import torch
+
+        if self.transform == "row-centre":
+            t = torch.as_tensor(self.residual_target, dtype=r.dtype, device=r.device)
+            z = (r + t).reshape(r.shape[0], self.rows, -1)
+            y = torch.softmax(z, 2) if self.output_space == "probabilities" else z.log_softmax(2)
+            want = torch.as_tensor(self.target.ravel(), dtype=r.dtype, device=r.device)
+            return y.reshape(r.shape[0], -1) - want
 
         t = torch.as_tensor(self.residual_target, dtype=r.dtype, device=r.device)
         p = torch.as_tensor(self.target.ravel(), dtype=r.dtype, device=r.device)
@@ -98,6 +112,23 @@ class Objective:
         Solvers stop on the same quantity the check measures.
         """
         return self.difference_from_residual(r).abs().amax(1)
+
+    def scaling(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(s, p)`` for the forward pass's residual in the check's units
+        (:mod:`onnxinv.solvers.forward.scaled`): per-entry weights ``max(p, tol) / tol`` (m,)
+        and the target's probabilities per softmax row (rows, V). None for values matched on
+        the raw output, and where less than :data:`SCALE_SHARE` of the target's probabilities
+        lie below the tolerance (a 10-class target: every class matters to the check, and
+        the plain centred logits converge faster there)."""
+        if self.transform == "identity":
+            return None
+        p = self.target.reshape(self.rows, -1).astype(np.float64)
+        if self.kind == "values" and self.output_space == "log-probabilities":
+            p = np.exp(p)
+        p = p / p.sum(1, keepdims=True)
+        if (p < self.tolerance).mean() < SCALE_SHARE:
+            return None
+        return (np.maximum(p, self.tolerance) / self.tolerance).ravel(), p
 
     def check(self, y: np.ndarray) -> np.ndarray:
         """Per-sample largest absolute difference between original-model outputs and target."""
@@ -112,6 +143,8 @@ class Objective:
 
     def probabilities(self, y: np.ndarray) -> np.ndarray | None:
         """Class probabilities of original-model outputs, for labels; None for values."""
+        if self.kind == "values":
+            return None
         y = np.asarray(y, dtype=np.float64).reshape(y.shape[0], -1)
         if self.output_space == "probabilities":
             return y
@@ -153,9 +186,15 @@ def build(loaded: LoadedModel, target: Target, seed: int = 0) -> Objective:
     """The objective for ``target`` on ``loaded``."""
     t = target.resolve(loaded.output_shape)
     if target.kind == "values":
-        return Objective(
-            "values", "values", "output", t, t.ravel().astype(np.float64), target.tolerance
-        )
+        rows = softmax_rows(loaded, t)
+        if rows is None:
+            flat = t.ravel().astype(np.float64)
+            return Objective("values", "values", "output", t, flat, target.tolerance)
+        p = t.reshape(rows, -1).astype(np.float64)
+        logp = np.log(np.maximum(p, TINY)) if loaded.tail == "Softmax" else p
+        centred = (logp - logp.mean(1, keepdims=True)).ravel()
+        space = "probabilities" if loaded.tail == "Softmax" else "log-probabilities"
+        return Objective("values", space, "logits", t, centred, target.tolerance, rows)
     space = output_space(loaded, seed)
     logp = np.log(t)
     centred = logp - logp.mean()
@@ -163,6 +202,30 @@ def build(loaded: LoadedModel, target: Target, seed: int = 0) -> Objective:
     # vector up to a constant, and a probability output is matched in log space (see transform).
     solve_on = "logits" if loaded.tail is not None else "output"
     return Objective("distribution", space, solve_on, t, centred, target.tolerance)
+
+
+#: The forward pass weights its residual by the check (:meth:`Objective.scaling`) where at
+#: least this share of the target's probabilities lie below the tolerance.
+SCALE_SHARE = 0.5
+#: A ``values`` target's rows count as distributions when each sums to one within this.
+ROW_SUM = 1e-3
+
+
+def softmax_rows(loaded: LoadedModel, t: np.ndarray) -> int | None:
+    """Rows of a ``values`` target ``t`` that are each a distribution the model's
+    Softmax/LogSoftmax tail gives over its last axis (per-step probabilities of a sequence
+    model, a classifier's probabilities): then the solver works on the logits below the tail,
+    every row centred on its own, as it does for a distribution target. None otherwise."""
+    if loaded.tail is None or t.ndim == 0 or t.shape[-1] < 2:
+        return None
+    p = t.reshape(-1, t.shape[-1]).astype(np.float64)
+    if loaded.tail == "LogSoftmax":
+        if (p > 0).any():
+            return None
+        p = np.exp(p)
+    if not np.isfinite(p).all() or (p < 0).any():
+        return None
+    return len(p) if np.allclose(p.sum(1), 1.0, atol=ROW_SUM) else None
 
 
 @dataclass

@@ -53,6 +53,8 @@ class Problem:
         make_residual: builds the residual provider on first use (it may convert the model).
         make_starts: ``make_starts(rng)`` gives a callable drawing k starting points (k, n);
             default :class:`Starts` (uniform in the bounds, else normal(0, init_std)).
+        scaling: ``(s, p)``: the forward pass solves on its residual in the check's units
+            (:mod:`onnxinv.solvers.forward.scaled`); None: as it is.
         name: what the problem is, for error messages ("the whole model", "block a -> b").
     """
 
@@ -66,6 +68,7 @@ class Problem:
     deadline: float | None = None
     max_memory: int | None = None
     make_starts: Callable[[np.random.Generator], Callable[[int], Any]] | None = None
+    scaling: tuple[np.ndarray, np.ndarray] | None = None
     name: str = "the whole model"
     notes: list[str] = field(default_factory=list)
 
@@ -120,6 +123,7 @@ class ModelProblem(Problem):
             bounds=settings.bounds,
             deadline=deadline,
             max_memory=max_memory,
+            scaling=objective.scaling(),
             notes=notes,
             name=f"the whole model ({loaded.input_name!r} -> "
             f"{loaded.logits_name if objective.solve_on == 'logits' else loaded.output_name!r})",

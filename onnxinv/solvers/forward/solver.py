@@ -11,6 +11,11 @@ from ...errors import MemoryBudgetError
 from ...verify import Verification
 from ..base import ModelProblem, Solver, SolverOutcome
 from .lm import LMOutcome, LMSettings, levenberg_marquardt
+from .scaled import ScaledResidual
+
+#: The endgame on the scaled residual (:meth:`ForwardSolver._endgame`) takes the samples whose
+#: check error ended below this.
+ENDGAME_ERROR = 0.1
 
 
 class ForwardSolver(Solver):
@@ -22,11 +27,11 @@ class ForwardSolver(Solver):
     def prepare(self) -> None:
         self.problem.residual  # noqa: B018 - converts the model now, timed as conversion
 
-    def lm_settings(self, restarts: int | None = None) -> LMSettings:
+    def lm_settings(self, restarts: int | None = None, error=None) -> LMSettings:
         p, s = self.problem, self.problem.settings
         return LMSettings(
             tol=p.tol,
-            error=p.error,
+            error=p.error if error is None else error,
             max_iter=s.max_iter,
             restarts=s.restarts if restarts is None else restarts,
             deadline=p.deadline,
@@ -45,14 +50,12 @@ class ForwardSolver(Solver):
         """LM on ``k`` samples at once from ``x0`` (default: ``starts(k)``), in float64."""
         p = self.problem
         x0 = starts(k) if x0 is None else x0
-        lo, hi = p.bounds if p.bounds is not None else (None, None)
-        try:
-            out = levenberg_marquardt(
-                p.residual, x0.to(torch.float64), self.lm_settings(restarts), starts, lo, hi,
-                on_progress,
-            )  # fmt: skip
-        except MemoryBudgetError as exc:
-            raise MemoryBudgetError(f"{exc}, for LM on {p.name}") from None
+        progress = on_progress if p.scaling is None else None  # (the endgame counts them)
+        out = self._lm(p.residual, x0, starts, restarts, None, progress)
+        if p.scaling is not None:
+            out = self._endgame(out, starts)
+            if on_progress is not None:
+                on_progress(k)
         if out.matrix_free:
             note = (
                 f"LM on {p.name} took its steps matrix-free ({p.residual.m} residuals x "
@@ -60,6 +63,42 @@ class ForwardSolver(Solver):
             )
             if note not in p.notes:
                 p.notes.append(note)
+        return out
+
+    def _lm(self, residual, x0, starts, restarts, error, on_progress) -> LMOutcome:
+        p = self.problem
+        lo, hi = p.bounds if p.bounds is not None else (None, None)
+        try:
+            return levenberg_marquardt(
+                residual, x0.to(torch.float64), self.lm_settings(restarts, error), starts, lo, hi,
+                on_progress,
+            )  # fmt: skip
+        except MemoryBudgetError as exc:
+            raise MemoryBudgetError(f"{exc}, for LM on {p.name}") from None
+
+    def _endgame(self, out: LMOutcome, starts) -> LMOutcome:
+        """LM once more, without restarts, on the residual in the check's units
+        (:mod:`.scaled`), from the best point of every sample that ended within
+        :data:`ENDGAME_ERROR` of the target unsolved (the problem's ``scaling``: most target
+        probabilities below the tolerance). The plain centred logits bring a sample near
+        fastest; near the target their sub-tolerance classes hold it back."""
+        p = self.problem
+        near = ~out.converged & (out.residual <= ENDGAME_ERROR)
+        todo = near.nonzero().squeeze(1)
+        if out.timed_out or todo.numel() == 0:
+            return out
+        scaled = ScaledResidual(p.residual, *p.scaling)
+
+        def error(rw: torch.Tensor) -> torch.Tensor:
+            return p.error(scaled.unscale(rw))
+
+        end = self._lm(scaled, out.x[todo], starts, 0, error, None)
+        out.iterations[todo] += end.iterations
+        better = end.residual < out.residual[todo]
+        idx = todo[better]
+        out.x[idx], out.residual[idx] = end.x[better], end.residual[better]
+        out.converged[idx] = end.converged[better]
+        out.timed_out = end.timed_out
         return out
 
     def solve(self, k, rng, x0=None, on_progress=None) -> SolverOutcome:
