@@ -373,7 +373,9 @@ def inspect(model, **options) -> None:
         f"default choice: invert {loaded.input_name!r} (sample shape {list(loaded.input_shape)}) "
         f"to match {loaded.output_name!r} (shape {list(loaded.output_shape)})"
     )
-    if loaded.tail:
+    if loaded.tail == "Sigmoid":
+        click.echo(f"tail: Sigmoid; values targets in (0, 1) are solved on {loaded.logits_name!r}")
+    elif loaded.tail:
         click.echo(
             f"tail: {loaded.tail} over the last axis; distribution targets are solved on "
             f"logits {loaded.logits_name!r}"

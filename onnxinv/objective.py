@@ -29,8 +29,9 @@ class Objective:
     Attributes:
         kind: ``"distribution"`` or ``"values"``.
         output_space: what the chosen output holds: ``"probabilities"``, ``"log-probabilities"``,
-            ``"logits"`` (distribution targets) or ``"values"``.
-        solve_on: ``"logits"`` to solve on the tensor below a Softmax/LogSoftmax tail,
+            ``"logits"`` (distribution targets), ``"sigmoid"`` (values in (0, 1) out of a
+            Sigmoid tail) or ``"values"``.
+        solve_on: ``"logits"`` to solve on the tensor below a Softmax/LogSoftmax (or Sigmoid) tail,
             ``"output"`` to solve on the chosen output itself.
         target: the target output, one sample's shape (probabilities for distributions).
         residual_target: the target in residual space, flat.
@@ -52,7 +53,9 @@ class Objective:
         """How the solved tensor maps into residual space: identity, centre, centre∘log, or
         row-centre (each softmax row of the logits centred on its own)."""
         if self.kind == "values":
-            return "row-centre" if self.solve_on == "logits" else "identity"
+            if self.solve_on != "logits":
+                return "identity"
+            return "logit" if self.output_space == "sigmoid" else "row-centre"
         if self.solve_on == "output" and self.output_space == "probabilities":
             return "centre-log"
         return "centre"
@@ -95,6 +98,10 @@ class Objective:
             return r
         import torch
 
+        if self.transform == "logit":
+            t = torch.as_tensor(self.residual_target, dtype=r.dtype, device=r.device)
+            want = torch.as_tensor(self.target.ravel(), dtype=r.dtype, device=r.device)
+            return torch.sigmoid(r + t) - want
         if self.transform == "row-centre":
             t = torch.as_tensor(self.residual_target, dtype=r.dtype, device=r.device)
             z = (r + t).reshape(r.shape[0], self.rows, -1)
@@ -116,12 +123,19 @@ class Objective:
     def scaling(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(s, p)`` for the forward pass's residual in the check's units
         (:mod:`onnxinv.solvers.forward.scaled`): per-entry weights ``max(p, tol) / tol`` (m,)
-        and the target's probabilities per softmax row (rows, V). None for values matched on
+        and the target's probabilities per softmax row (rows, V), which centre the rows (None
+        below a Sigmoid, whose weights are its slopes ``t (1 - t)``). None for values matched on
         the raw output, and where less than :data:`SCALE_SHARE` of the target's probabilities
         lie below the tolerance (a 10-class target: every class matters to the check, and
         the plain centred logits converge faster there)."""
         if self.transform == "identity":
             return None
+        if self.transform == "logit":  # (the output's slope at the target, per entry)
+            t = self.target.ravel().astype(np.float64)
+            slope = t * (1 - t)
+            if (slope < self.tolerance).mean() < SCALE_SHARE:
+                return None
+            return np.maximum(slope, self.tolerance) / self.tolerance, None
         p = self.target.reshape(self.rows, -1).astype(np.float64)
         if self.kind == "values" and self.output_space == "log-probabilities":
             p = np.exp(p)
@@ -186,6 +200,12 @@ def build(loaded: LoadedModel, target: Target, seed: int = 0) -> Objective:
     """The objective for ``target`` on ``loaded``."""
     t = target.resolve(loaded.output_shape)
     if target.kind == "values":
+        if loaded.tail == "Sigmoid" and np.all((t > 0) & (t < 1)):
+            # Solved on the Sigmoid's input, where it does not saturate (a dense-prediction
+            # net's map of 0.004..0.99999): logit(t), with t kept off 0 and 1 by float32's ulp.
+            q = np.clip(t.ravel().astype(np.float64), SIGMOID_EDGE, 1 - SIGMOID_EDGE)
+            logit = np.log(q) - np.log1p(-q)
+            return Objective("values", "sigmoid", "logits", t, logit, target.tolerance)
         rows = softmax_rows(loaded, t)
         if rows is None:
             flat = t.ravel().astype(np.float64)
@@ -200,10 +220,13 @@ def build(loaded: LoadedModel, target: Target, seed: int = 0) -> Objective:
     centred = logp - logp.mean()
     # Below a Softmax/LogSoftmax tail solve on its logits; a log-probability output is a logit
     # vector up to a constant, and a probability output is matched in log space (see transform).
-    solve_on = "logits" if loaded.tail is not None else "output"
+    solve_on = "logits" if loaded.tail in SOFTMAX_TAILS else "output"
     return Objective("distribution", space, solve_on, t, centred, target.tolerance)
 
 
+SOFTMAX_TAILS = ("Softmax", "LogSoftmax")
+#: A values target on a Sigmoid output is solved on logit(t), t clipped to [this, 1 - this].
+SIGMOID_EDGE = 6e-8
 #: The forward pass weights its residual by the check (:meth:`Objective.scaling`) where at
 #: least this share of the target's probabilities lie below the tolerance.
 SCALE_SHARE = 0.5
@@ -216,7 +239,7 @@ def softmax_rows(loaded: LoadedModel, t: np.ndarray) -> int | None:
     Softmax/LogSoftmax tail gives over its last axis (per-step probabilities of a sequence
     model, a classifier's probabilities): then the solver works on the logits below the tail,
     every row centred on its own, as it does for a distribution target. None otherwise."""
-    if loaded.tail is None or t.ndim == 0 or t.shape[-1] < 2:
+    if loaded.tail not in SOFTMAX_TAILS or t.ndim == 0 or t.shape[-1] < 2:
         return None
     p = t.reshape(-1, t.shape[-1]).astype(np.float64)
     if loaded.tail == "LogSoftmax":

@@ -166,3 +166,54 @@ def test_the_endgame_runs_where_scaling_is_on_and_every_sample_verifies(monkeypa
                          bounds=(-1, 1), seed=0)  # fmt: skip
     assert calls
     assert_solved(model, res, p, "probabilities", bounds=(-1, 1), n=4)
+
+
+def _sigmoid_map(n_in: int = 40, outputs: int = 12, gain: float = 8.0, seed: int = 2):
+    """Gemm → Tanh → Gemm → Sigmoid: a dense-prediction head whose outputs saturate."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"]),
+        helper.make_node("Tanh", ["h"], ["t"]),
+        helper.make_node("Gemm", ["t", "w2", "b2"], ["z"]),
+        helper.make_node("Sigmoid", ["z"], ["y"]),
+    ]
+    init = [
+        const("w1", rng.normal(size=(n_in, 20)) / np.sqrt(n_in)),
+        const("b1", np.zeros(20)),
+        const("w2", gain * rng.normal(size=(20, outputs)) / np.sqrt(20)),
+        const("b2", np.zeros(outputs)),
+    ]
+    out = value_info("y", ["N", outputs])
+    return make_model(nodes, [value_info("x", ["N", n_in])], [out], init)
+
+
+def test_values_below_a_sigmoid_are_solved_on_its_input_and_verify():
+    model = _sigmoid_map()
+    y = _own_output(model, 40)
+    assert y.min() < 1e-3 and y.max() > 0.98  # (saturated entries: flat on the output)
+    loaded = load(model)
+    obj = build(loaded, Target.from_dict({"values": y.tolist()}))
+    assert (loaded.tail, obj.solve_on, obj.transform) == ("Sigmoid", "logits", "logit")
+    np.testing.assert_allclose(obj.residual_target, np.log(y / (1 - y)).ravel(), rtol=1e-9)
+    r = torch.from_numpy(np.random.default_rng(0).normal(size=(2, obj.size)))
+    want = 1 / (1 + np.exp(-(r.numpy() + obj.residual_target))) - y.ravel()
+    np.testing.assert_allclose(obj.difference_from_residual(r).numpy(), want, rtol=1e-9)
+    res = onnxinv.invert(model, {"values": y.tolist()}, samples=4, method="forward",
+                         bounds=(-1, 1), seed=0)  # fmt: skip
+    assert_solved(model, res, y.ravel(), "values", bounds=(-1, 1), n=4)
+
+
+def test_a_diagonal_scaling_round_trips():
+    model = _sigmoid_map()
+    loaded = load(model)
+    obj = build(loaded, Target.from_dict({"values": _own_output(model, 40).tolist()}))
+    inner = TorchResidual(to_torch(loaded.logits_model), obj, (-1, 40), True)
+    s = np.linspace(1.0, 50.0, obj.size)
+    scaled = ScaledResidual(inner, s, None)
+    x = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (3, 40)))
+    r, rw = inner.value(x), scaled.value(x)
+    torch.testing.assert_close(rw, r * torch.from_numpy(s))
+    torch.testing.assert_close(scaled.unscale(rw), r)
+    _, jw = scaled.value_and_jacobian(x)
+    _, j = inner.value_and_jacobian(x)
+    torch.testing.assert_close(jw, j * torch.from_numpy(s)[None, :, None])

@@ -26,7 +26,7 @@ from . import repair, runtime
 from .choose import check_fixed, choose_input, choose_output, choose_sample
 from .graphs import FLOAT_TYPES, declared_dims, graph_inputs, infer_shapes
 from .read import ModelLike, read_model
-from .surgery import BATCH, bake_fixed, expose_output, extract, softmax_tail
+from .surgery import BATCH, bake_fixed, expose_output, extract, output_tail
 
 __all__ = [
     "BATCH",
@@ -71,7 +71,7 @@ class LoadedModel(SampleSizes):
         original_batched: whether ``original`` accepts a batch of samples in one run.
         fixed: other graph inputs held at given values (fed to ``original`` as they are).
         tail: ``"Softmax"``/``"LogSoftmax"`` when the output is produced by one over its last
-            axis, else ``None``.
+            axis, ``"Sigmoid"`` when by a Sigmoid, else ``None``.
         logits_name: the tail's input tensor (logits), when ``tail`` is set.
         opsets: domain → opset version.
         notes: what was repaired or decided on loading, for the report.
@@ -128,9 +128,10 @@ class LoadedModel(SampleSizes):
 
     @cached_property
     def logits_model(self) -> onnx.ModelProto:
-        """The pruned model with the Softmax/LogSoftmax tail removed (requires ``tail``)."""
+        """The pruned model with the Softmax/LogSoftmax/Sigmoid tail removed (requires
+        ``tail``)."""
         if self.logits_name is None:
-            raise ModelError("the model's output is not produced by Softmax or LogSoftmax")
+            raise ModelError("the model's output is not produced by Softmax, LogSoftmax or Sigmoid")
         return extract(self.pruned, self.input_name, self.logits_name, symbolic_batch=False)
 
     def run(self, x: np.ndarray, which: str = "pruned") -> np.ndarray:
@@ -273,7 +274,7 @@ def load(
             pruned = candidate
         if kept is not None and device == "cpu":
             sessions["pruned"] = kept  # (a session on ``pruned``, already made)
-    tail, logits = softmax_tail(infer_shapes(pruned), out_name)
+    tail, logits = output_tail(infer_shapes(pruned), out_name)
     loaded = LoadedModel(
         original=proto,
         name=name,

@@ -1,7 +1,7 @@
 """ONNX graph surgery: cut a model down to one input and one output (:func:`extract`), bake
 fixed inputs in (:func:`bake_fixed`), make the batch axis symbolic (:func:`make_batch_symbolic`),
-expose an inner tensor (:func:`expose_output`), find a Softmax/LogSoftmax tail
-(:func:`softmax_tail`).
+expose an inner tensor (:func:`expose_output`), find a Softmax/LogSoftmax or Sigmoid tail
+(:func:`output_tail`).
 
 Only :func:`make_batch_symbolic` changes the model it is given; the others return a copy (or
 the model itself when nothing is to change). None changes what the part that is kept computes.
@@ -155,8 +155,9 @@ def expose_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     return copy
 
 
-def softmax_tail(model: onnx.ModelProto, output_name: str) -> tuple[str | None, str | None]:
-    """The Softmax/LogSoftmax producing ``output_name`` over its last axis, if any.
+def output_tail(model: onnx.ModelProto, output_name: str) -> tuple[str | None, str | None]:
+    """The Softmax/LogSoftmax producing ``output_name`` over its last axis, or the Sigmoid
+    producing it, if any: (its op_type, its input).
 
     Identity nodes between it and the output (scikit-learn exports end with one) are looked
     through.
@@ -165,6 +166,8 @@ def softmax_tail(model: onnx.ModelProto, output_name: str) -> tuple[str | None, 
     while producer is not None and producer.op_type == "Identity":
         output_name = producer.input[0]
         producer = next((n for n in model.graph.node if output_name in n.output), None)
+    if producer is not None and producer.op_type == "Sigmoid":
+        return "Sigmoid", producer.input[0]
     if producer is None or producer.op_type not in ("Softmax", "LogSoftmax"):
         return None, None
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)

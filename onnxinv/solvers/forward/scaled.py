@@ -31,7 +31,8 @@ class ScaledResidual:
     Args:
         inner: the provider of centred residuals ``r`` (m = rows × V per sample).
         s: (m,) row weights.
-        p: (rows, V) the target's probabilities, which centre each row.
+        p: (rows, V) the target's probabilities, which centre each row; None: ``W = diag(s)``
+            (a Sigmoid's outputs, which no constant shifts).
     """
 
     def __init__(self, inner, s, p):
@@ -39,8 +40,8 @@ class ScaledResidual:
         self.m, self.n = inner.m, inner.n
         self.jacobian_source = inner.jacobian_source
         self.s = torch.as_tensor(s, dtype=torch.float64)
-        self.p = torch.as_tensor(p, dtype=torch.float64)
-        self.rows = self.p.shape[0]
+        self.p = None if p is None else torch.as_tensor(p, dtype=torch.float64)
+        self.rows = 1 if p is None else self.p.shape[0]
         if hasattr(inner, "linearise"):  # (matrix-free steps exist only where the inner has them)
             self.linearise = self._linearise
         if hasattr(inner, "linearisation_bytes"):
@@ -57,6 +58,8 @@ class ScaledResidual:
     # -- the map and its inverse (B, m) ------------------------------------------------------------
     def scale(self, r: torch.Tensor) -> torch.Tensor:
         """``W r``."""
+        if self.p is None:
+            return r * self.s.to(r.dtype)
         p, s = self.p.to(r.dtype), self.s.to(r.dtype)
         g = r.reshape(r.shape[0], self.rows, -1)
         centred = g - (g * p).sum(2, keepdim=True)
@@ -64,11 +67,15 @@ class ScaledResidual:
 
     def unscale(self, rw: torch.Tensor) -> torch.Tensor:
         """``r`` from ``W r`` (residuals centred per row)."""
+        if self.p is None:
+            return rw / self.s.to(rw.dtype)
         u = (rw / self.s.to(rw.dtype)).reshape(rw.shape[0], self.rows, -1)
         return (u - u.mean(2, keepdim=True)).reshape(rw.shape[0], -1)
 
     def _transpose(self, u: torch.Tensor) -> torch.Tensor:
         """``Wᵀ u`` = ``(I − p 1ᵀ)(s ⊙ u)`` per row."""
+        if self.p is None:
+            return u * self.s.to(u.dtype)
         p = self.p.to(u.dtype)
         g = (u * self.s.to(u.dtype)).reshape(u.shape[0], self.rows, -1)
         return (g - p * g.sum(2, keepdim=True)).reshape(u.shape[0], -1)
