@@ -291,6 +291,28 @@ def test_deadline_in_the_past_returns_the_starts_flagged(strict):
         np.testing.assert_allclose(out.residual.numpy(), np.abs(x0.numpy() - 1).max(1))
 
 
+def test_memory_slices_share_the_time_left():
+    """One sample per slice, no root (x² + 1 = 0) and endless restarts: each slice gets its
+    share of the time, so the last sample is iterated too, not handed back untouched."""
+
+    def f(x, index):
+        time.sleep(0.002)  # (a model run's worth of time)
+        return x * x + 1.0
+
+    def jac(x, index):
+        return torch.diag_embed(2 * x)
+
+    res = Analytic(f, jac, 1, 1, strict=False)
+    b = 3
+    settings = LMSettings(tol=1e-10, max_iter=5, restarts=10**6,
+                          deadline=time.monotonic() + 0.6,
+                          max_memory=per_sample_bytes(1, 1))  # fmt: skip
+    out = levenberg_marquardt(res, normal_starts(1)(b), settings, normal_starts(1, seed=4))
+    assert out.timed_out
+    assert (out.iterations.numpy() > 5).all(), out.iterations  # (every sample restarted)
+    assert np.isfinite(out.residual.numpy()).all()
+
+
 # ------------------------------------------------------------------------------------ memory
 
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -267,10 +267,14 @@ def levenberg_marquardt(
     else:
         width = slice_size(residual.m, residual.n, settings.max_memory) or len(x0)
     store = _MatrixFree if free else _Dense
-    parts = [
-        _solve(store(residual), x0[i : i + width], settings, new_start, lo, hi, on_finish, i)
-        for i in range(0, len(x0), width)
-    ]
+    firsts = range(0, len(x0), width)
+    parts = []
+    for j, i in enumerate(firsts):
+        share = _share(settings, len(firsts) - j)
+        residual.deadline = share.deadline
+        parts.append(_solve(store(residual), x0[i : i + width], share, new_start, lo, hi,
+                            on_finish, i))  # fmt: skip
+    residual.deadline = settings.deadline
     if len(parts) == 1:
         return parts[0]
     return LMOutcome(
@@ -281,6 +285,16 @@ def levenberg_marquardt(
         any(p.timed_out for p in parts),
         parts[0].matrix_free,
     )
+
+
+def _share(settings: LMSettings, left: int) -> LMSettings:
+    """A slice's settings when ``left`` slices (this one included) remain: an equal share of
+    the time left, so that a first slice restarting until the deadline does not leave the
+    others without a single iteration (what one slice does not use goes to the next)."""
+    if settings.deadline is None or left <= 1:
+        return settings
+    now = time.monotonic()
+    return replace(settings, deadline=now + max(0.0, settings.deadline - now) / left)
 
 
 def chord_steps(residual: Residual) -> int:
