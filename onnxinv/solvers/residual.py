@@ -18,6 +18,7 @@ import torch
 
 from ..errors import DeadlineReached
 from ..objective import Objective
+from .surrogate import surrogate_relus
 
 
 class Residual(Protocol):
@@ -77,6 +78,9 @@ class TorchResidual:
         self.module = module.to(device=device, dtype=dtype).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
+        for m in (self.module, self.fast):  # (values exact, derivatives see dead units)
+            if m is not None:
+                surrogate_relus(m)
         self.objective = objective
         self.shape = tuple(model_input_shape)
         self.batched = batched
