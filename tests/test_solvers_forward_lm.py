@@ -292,8 +292,9 @@ def test_deadline_in_the_past_returns_the_starts_flagged(strict):
 
 
 def test_memory_slices_share_the_time_left():
-    """One sample per slice, no root (x² + 1 = 0) and endless restarts: each slice gets its
-    share of the time, so the last sample is iterated too, not handed back untouched."""
+    """One sample per slice, no root (x² + 1 = 0) and endless restarts: a slice past its share
+    of the time begins no restart, so the last sample is iterated too, not handed back
+    untouched (before: the first slice restarted until the deadline)."""
 
     def f(x, index):
         time.sleep(0.002)  # (a model run's worth of time)
@@ -309,7 +310,7 @@ def test_memory_slices_share_the_time_left():
                           max_memory=per_sample_bytes(1, 1))  # fmt: skip
     out = levenberg_marquardt(res, normal_starts(1)(b), settings, normal_starts(1, seed=4))
     assert out.timed_out
-    assert (out.iterations.numpy() > 5).all(), out.iterations  # (every sample restarted)
+    assert (out.iterations.numpy() > 0).all(), out.iterations  # (none handed back untouched)
     assert np.isfinite(out.residual.numpy()).all()
 
 
