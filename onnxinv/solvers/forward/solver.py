@@ -10,6 +10,7 @@ import torch
 from ...errors import MemoryBudgetError
 from ...verify import Verification
 from ..base import ModelProblem, Solver, SolverOutcome
+from ..surrogate import has_relus, relu_slopes
 from .lm import LMOutcome, LMSettings, levenberg_marquardt
 from .scaled import ScaledResidual
 
@@ -46,12 +47,9 @@ class ForwardSolver(Solver):
         """LM on ``k`` samples at once from ``x0`` (default: ``starts(k)``), in float64."""
         p = self.problem
         x0 = starts(k) if x0 is None else x0
-        progress = on_progress if p.scaling is None else None  # (the endgame counts them)
-        out = self._lm(p.residual, x0, starts, restarts, None, progress)
-        if p.scaling is not None:
+        out = self._lm(p.residual, x0, starts, restarts, None, on_progress)
+        if p.scaling is not None or has_relus(p.residual):
             out = self._endgame(out, starts)
-            if on_progress is not None:
-                on_progress(k)
         if out.matrix_free:
             note = (
                 f"LM on {p.name} took its steps matrix-free ({p.residual.m} residuals x "
@@ -73,21 +71,26 @@ class ForwardSolver(Solver):
             raise MemoryBudgetError(f"{exc}, for LM on {p.name}") from None
 
     def _endgame(self, out: LMOutcome, starts) -> LMOutcome:
-        """LM once more, without restarts, on the residual in the check's units
-        (:mod:`.scaled`), from the best point of every sample that ended unsolved (the
-        problem's ``scaling``: most target probabilities below the tolerance). The plain
-        centred logits bring a sample near fastest; near the target their sub-tolerance
-        classes hold it back (the recognizer's per-step target: 0.11 → 0.007)."""
+        """LM once more, without restarts, from the best point of every sample that ended
+        unsolved: on the residual in the check's units (:mod:`.scaled`) where the problem has
+        a ``scaling`` (most target probabilities below the tolerance: the plain centred logits
+        bring a sample near fastest, but near the target their sub-tolerance classes hold it
+        back; the recognizer's per-step target: 0.11 → 0.007), and with the model's ReLUs
+        differentiated with a slope on their inactive side (:mod:`..surrogate`: outputs that
+        only dead units feed move again; the U-Net: 5e-3 → verified)."""
         p = self.problem
         todo = (~out.converged & torch.isfinite(out.residual)).nonzero().squeeze(1)
         if out.timed_out or todo.numel() == 0:
             return out
-        scaled = ScaledResidual(p.residual, *p.scaling)
+        residual, error = p.residual, None
+        if p.scaling is not None:
+            residual = scaled = ScaledResidual(p.residual, *p.scaling)
 
-        def error(rw: torch.Tensor) -> torch.Tensor:
-            return p.error(scaled.unscale(rw))
+            def error(rw: torch.Tensor) -> torch.Tensor:
+                return p.error(scaled.unscale(rw))
 
-        end = self._lm(scaled, out.x[todo], starts, 0, error, None)
+        with relu_slopes(p.residual):
+            end = self._lm(residual, out.x[todo], starts, 0, error, None)
         out.iterations[todo] += end.iterations
         better = end.residual < out.residual[todo]
         idx = todo[better]
